@@ -1,0 +1,20 @@
+"""Maximum-likelihood fitting: datasets, Newton/LM and L-BFGS minimisers, errors."""
+
+from .core import (
+    BatchFitResult,
+    FitOptions,
+    FitResult,
+    delta_stat,
+    fit,
+    fit_batch,
+    guess_norms,
+    total_statistic,
+)
+from .dataset import STATISTICS, SpectralData, load, predicted_counts, statistic_per_bin
+from .optimize import lbfgs, levenberg_marquardt, profile_bounds, to_bounded, to_unbounded
+
+__all__ = [
+    "BatchFitResult", "FitOptions", "FitResult", "STATISTICS", "SpectralData", "delta_stat",
+    "fit", "fit_batch", "guess_norms", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
+    "profile_bounds", "statistic_per_bin", "to_bounded", "to_unbounded", "total_statistic",
+]

@@ -1,0 +1,424 @@
+r"""Maximum-likelihood fits of spectral models: one spectrum or thousands in one compiled call.
+
+>>> data = bkgjax.fit.load("src.pha", erange=(0.5, 7.0))
+>>> result = bkgjax.fit.fit(powerlaw(), data, stat="cstat")
+>>> print(result)                      # table with best fit, 1-sigma and 90 % profile bounds
+
+Errors:
+
+* ``covariance``: :math:`C = 2 H^{-1}` with :math:`H` the exact Hessian of the statistic
+  (:math:`-2\ln L` up to a constant) in the parameters, at the best fit.
+* profile-likelihood bounds at confidence ``level`` (default 0.90, :math:`\Delta S = 2.706`
+  for one parameter of interest, as XSPEC ``error`` / Sherpa ``conf``).
+
+The compiled kernels take the model *structure* (hashable, value-free) and the set of free
+parameters as static arguments, so refitting with new starting values or new data of the same
+shape does not recompile.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from dataclasses import dataclass, field
+from functools import partial
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy.stats import chi2 as _chi2
+
+from ..spectral.model import Model
+from .dataset import STATISTICS, SpectralData, predicted_counts, statistic_per_bin
+from .optimize import (
+    STATUS_MESSAGES,
+    lbfgs,
+    levenberg_marquardt,
+    profile_bounds,
+    to_bounded,
+    to_unbounded,
+)
+
+__all__ = ["FitOptions", "FitResult", "BatchFitResult", "fit", "fit_batch", "delta_stat",
+           "total_statistic", "guess_norms"]
+
+
+def delta_stat(level: float, n_interest: int = 1) -> float:
+    """Statistic increase for a confidence ``level`` (0.9 -> 2.7055 for one parameter)."""
+    if not 0.0 < level < 1.0:
+        raise ValueError(f"confidence level must be in (0, 1), got {level}")
+    return float(_chi2.ppf(level, n_interest))
+
+
+class FitOptions(NamedTuple):
+    """Static fit settings (hashable)."""
+
+    method: str = "auto"  # "lm" | "lbfgs" | "auto" (lm for <= 30 free parameters)
+    max_iter: int = 200
+    profile: bool = True
+    level: float = 0.9
+    n_starts: int = 1
+    start_spread: float = 1.0
+
+
+def _statistic_of_theta(structure, stat, free_idx, theta_fixed, data):
+    idx = jnp.asarray(free_idx, dtype=jnp.int32)
+
+    def of_free(theta_free):
+        theta = theta_fixed.at[idx].set(theta_free)
+        mu = predicted_counts(structure, theta, data)
+        return jnp.sum(statistic_per_bin(stat, mu, data))
+
+    return of_free
+
+
+def total_statistic(model: Model, data: SpectralData, stat="cstat", values=None):
+    """Total statistic of ``model`` (current or given ``values``) on ``data`` (eager)."""
+    theta = jnp.asarray([v for v in model.resolve(values or {}).values()])
+    mu = predicted_counts(model.structure, theta, data)
+    return jnp.sum(statistic_per_bin(stat, mu, data))
+
+
+def guess_norms(model: Model, data: SpectralData) -> Model:
+    """Rescale every free ``norm`` so that the model predicts the observed total counts
+    (background-subtracted when a background is loaded).  A cheap start for fits of real
+    data whose default norms are off by orders of magnitude."""
+    norms = [p.name for p in model.parameters if p.is_free and p.short_name == "norm"]
+    if not norms:
+        return model
+    predicted = float(jnp.sum(predicted_counts(
+        model.structure, jnp.asarray(list(model.resolve({}).values())), data)))
+    observed = float(jnp.sum(data.counts))
+    if data.has_background:
+        observed -= float(jnp.sum(data.background_counts / data.background_ratio))
+    if not (predicted > 0 and observed > 0):
+        return model
+    scale = observed / predicted
+    updated = model
+    for name in norms:
+        p = model[name]
+        updated = updated.set(name, float(np.clip(p.value * scale, p.min, p.max)))
+    return updated
+
+
+def _fit_kernel(theta_all, lower, upper, start_key, data, *, structure, free_idx, stat,
+                options):
+    """Pure fit of one dataset; returns a dict of arrays (vmappable)."""
+    idx = jnp.asarray(free_idx, dtype=jnp.int32)
+    stat_free = _statistic_of_theta(structure, stat, free_idx, theta_all, data)
+    lo, hi = lower[idx], upper[idx]
+
+    def objective(u):
+        return stat_free(to_bounded(u, lo, hi))
+
+    u0 = to_unbounded(theta_all[idx], lo, hi)
+    n_free = len(free_idx)
+    use_lm = options.method == "lm" or (options.method == "auto" and n_free <= 30)
+    minimize = (partial(levenberg_marquardt, max_iter=options.max_iter) if use_lm
+                else partial(lbfgs, max_iter=options.max_iter * 10))
+    if options.n_starts > 1:
+        noise = jax.random.normal(start_key, (options.n_starts - 1, n_free))
+        starts = jnp.concatenate([u0[None], u0[None] + options.start_spread * noise])
+        runs = jax.vmap(lambda s: minimize(objective, s))(starts)
+        fun = jnp.where(jnp.isfinite(runs.fun), runs.fun, jnp.inf)
+        best = jnp.argmin(fun)
+        res = jax.tree_util.tree_map(lambda a: a[best], runs)
+    else:
+        res = minimize(objective, u0)
+    theta_best = to_bounded(res.x, lo, hi)
+    # covariance in parameter space: C = 2 H^-1 (statistic = -2 ln L + const)
+    hess_theta = jax.hessian(stat_free)(theta_best)
+    cov = 2.0 * jnp.linalg.inv(hess_theta)
+    out = {
+        "theta": theta_all.at[idx].set(theta_best),
+        "stat_value": res.fun,
+        "status": res.status,
+        "n_iter": res.n_iter,
+        "covariance": cov,
+        "grad_norm": jnp.max(jnp.abs(res.grad)),
+    }
+    if options.profile:
+        hess_u = jax.hessian(objective)(res.x)
+        cov_u = 2.0 * jnp.linalg.inv(hess_u)
+        sigma_u = jnp.sqrt(jnp.abs(jnp.diag(cov_u)))
+        bounds_u, flags = profile_bounds(objective, res.x, res.fun, sigma_u,
+                                         delta_stat(options.level))
+        bounds = to_bounded(bounds_u, lo[:, None], hi[:, None])
+        out["profile_bounds"] = bounds
+        out["profile_flags"] = flags
+    return out
+
+
+_STATIC = ("structure", "free_idx", "stat", "options")
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _fit_one(theta_all, lower, upper, start_key, data, *, structure, free_idx, stat, options):
+    return _fit_kernel(theta_all, lower, upper, start_key, data, structure=structure,
+                       free_idx=free_idx, stat=stat, options=options)
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _fit_many(theta_all, lower, upper, start_keys, data, counts, background_counts, *,
+              structure, free_idx, stat, options):
+    def one(key, c, b):
+        d = data.with_counts(c, b)
+        return _fit_kernel(theta_all, lower, upper, key, d, structure=structure,
+                           free_idx=free_idx, stat=stat, options=options)
+
+    if background_counts is None:
+        return jax.vmap(lambda k, c: one(k, c, None))(start_keys, counts)
+    return jax.vmap(one)(start_keys, counts, background_counts)
+
+
+def _prepare(model: Model, data: SpectralData, stat: str):
+    if stat not in STATISTICS:
+        raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")
+    if model.kind != "add":
+        raise ValueError(f"model {model} is multiplicative only; add an additive component")
+    if stat == "wstat" and not data.has_background:
+        raise ValueError(f"{data.name}: stat='wstat' needs a background spectrum; load one or "
+                         "use cstat/cash")
+    free_names = model.free_names
+    if not free_names:
+        raise ValueError(f"model {model} has no free parameter")
+    names = model.names
+    free_idx = tuple(names.index(n) for n in free_names)
+    theta_all = jnp.asarray(list(model.resolve({}).values()), dtype=jnp.float64)
+    lower = jnp.asarray([p.min for p in model.parameters], dtype=jnp.float64)
+    upper = jnp.asarray([p.max for p in model.parameters], dtype=jnp.float64)
+    return free_names, free_idx, theta_all, lower, upper
+
+
+@dataclass(frozen=True)
+class FitResult:
+    """Result of :func:`fit`.
+
+    ``values`` holds every parameter; ``errors`` (1 sigma, covariance) and ``intervals``
+    (profile bounds at ``level``, absolute values) hold the free ones.  ``bound_flags`` per
+    free parameter: (lower, upper) with 1 = found, 2 = the profile did not reach the level
+    before the parameter limit (the bound is the limit), 3 = a lower minimum was met.
+    """
+
+    model: Model
+    stat: str
+    stat_value: float
+    dof: int
+    n_bins: int
+    converged: bool
+    reason: str
+    n_iter: int
+    free_names: tuple
+    values: dict
+    errors: dict
+    covariance: np.ndarray
+    level: float | None = None
+    intervals: dict = field(default_factory=dict)
+    bound_flags: dict = field(default_factory=dict)
+
+    @property
+    def reduced_stat(self) -> float:
+        return self.stat_value / self.dof if self.dof > 0 else math.nan
+
+    def to_dict(self) -> dict:
+        """JSON-ready summary (parameter keys as the shortest unambiguous names)."""
+        display = self.model.display_names()
+        params = {}
+        for name in self.free_names:
+            entry = {"value": self.values[name], "error": self.errors[name],
+                     "unit": self.model[name].unit}
+            if name in self.intervals:
+                lo, hi = self.intervals[name]
+                entry[f"lower{int(round(100 * self.level))}"] = lo
+                entry[f"upper{int(round(100 * self.level))}"] = hi
+            params[display[name]] = entry
+        frozen = {display[p.name]: self.values[p.name] for p in self.model.parameters
+                  if not p.is_free}
+        return {
+            "model": str(self.model),
+            "stat": self.stat,
+            "stat_value": self.stat_value,
+            "dof": self.dof,
+            "n_bins": self.n_bins,
+            "converged": self.converged,
+            "reason": self.reason,
+            "n_iter": self.n_iter,
+            "params": params,
+            "frozen": frozen,
+        }
+
+    def to_json(self, path=None, **kwargs) -> str:
+        text = json.dumps(self.to_dict(), indent=2, default=float, **kwargs)
+        if path is not None:
+            with open(path, "w") as fh:
+                fh.write(text + "\n")
+        return text
+
+    def __str__(self) -> str:
+        display = self.model.display_names()
+        pct = int(round(100 * self.level)) if self.level else None
+        head = (f"Model {self.model}: {self.stat} = {self.stat_value:.4f} for {self.dof} dof "
+                f"({self.n_bins} bins), reduced {self.reduced_stat:.4f}\n"
+                f"{'converged' if self.converged else 'NOT CONVERGED'}: {self.reason} "
+                f"({self.n_iter} iterations)\n")
+        cols = f"{'parameter':22s} {'value':>14s} {'1-sigma':>12s}"
+        if pct:
+            cols += f" {'lower' + str(pct):>14s} {'upper' + str(pct):>14s}"
+        rows = [cols + "  unit"]
+        for name in self.free_names:
+            row = f"{display[name]:22s} {self.values[name]:14.6g} {self.errors[name]:12.4g}"
+            if name in self.intervals:
+                lo, hi = self.intervals[name]
+                flags = self.bound_flags.get(name, (1, 1))
+                mark = lambda v, f: f"{v:14.6g}" + ("*" if f != 1 else " ")  # noqa: E731
+                row += f" {mark(lo, flags[0])}{mark(hi, flags[1])}"
+            rows.append(row + f" {self.model[name].unit}")
+        tail = ""
+        if any(f != 1 for fl in self.bound_flags.values() for f in fl):
+            tail = "\n* bound at a parameter limit or not found (see bound_flags)"
+        return head + "\n".join(rows) + tail
+
+
+def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = "profile",
+        level: float = 0.9, method: str = "auto", n_starts: int = 1, seed: int = 0,
+        max_iter: int = 200) -> FitResult:
+    """Maximum-likelihood fit of ``model`` to one spectrum.
+
+    Parameters
+    ----------
+    model : Model
+        Additive model; its current values are the start.
+    data : SpectralData
+        From :func:`bkgjax.fit.load` or :meth:`SpectralData.from_arrays`.
+    stat : {"cstat", "cash", "wstat"}
+        Fit statistic (:mod:`bkgjax.stats`); wstat uses the background spectrum.
+    errors : {"profile", "covariance"}
+        ``"profile"`` adds profile-likelihood bounds at ``level`` to the covariance errors.
+    level : float
+        Confidence level of the profile bounds (0.9: :math:`\\Delta S = 2.706`).
+    method : {"auto", "lm", "lbfgs"}
+        Levenberg-Marquardt Newton (exact Hessian) or optax L-BFGS.
+    n_starts : int
+        Multistart: extra starts drawn around the given one in unconstrained space
+        (``seed``); the best minimum is kept.
+    """
+    if errors not in ("profile", "covariance"):
+        raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
+    free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
+    options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
+                         level=float(level), n_starts=int(n_starts))
+    out = _fit_one(theta_all, lower, upper, jax.random.PRNGKey(seed), data,
+                   structure=model.structure, free_idx=free_idx, stat=stat, options=options)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    return _make_result(model, data, stat, free_names, free_idx, out, options)
+
+
+def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitResult:
+    theta = out["theta"]
+    values = dict(zip(model.names, (float(v) for v in theta)))
+    cov = np.asarray(out["covariance"])
+    sig = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
+    errors = dict(zip(free_names, (float(s) for s in sig)))
+    status = int(out["status"])
+    intervals, flags = {}, {}
+    if options.profile:
+        for k, name in enumerate(free_names):
+            intervals[name] = (float(out["profile_bounds"][k, 0]),
+                               float(out["profile_bounds"][k, 1]))
+            flags[name] = (int(out["profile_flags"][k, 0]), int(out["profile_flags"][k, 1]))
+    best_model = model.with_values({n: values[n] for n in free_names})
+    return FitResult(
+        model=best_model,
+        stat=stat,
+        stat_value=float(out["stat_value"]),
+        dof=data.n_bins - len(free_names),
+        n_bins=data.n_bins,
+        converged=status in (1, 4),
+        reason=STATUS_MESSAGES[status],
+        n_iter=int(out["n_iter"]),
+        free_names=free_names,
+        values=values,
+        errors=errors,
+        covariance=cov,
+        level=options.level if options.profile else None,
+        intervals=intervals,
+        bound_flags=flags,
+    )
+
+
+@dataclass(frozen=True)
+class BatchFitResult:
+    """Arrays over a batch of fits (leading axis = spectra/simulations).
+
+    ``values`` (n, n_params) in ``names`` order; ``errors`` and the profile bounds over the
+    free parameters in ``free_names`` order.
+    """
+
+    names: tuple
+    free_names: tuple
+    stat: str
+    values: np.ndarray
+    stat_value: np.ndarray
+    converged: np.ndarray
+    status: np.ndarray
+    n_iter: np.ndarray
+    covariance: np.ndarray
+    errors: np.ndarray
+    level: float | None
+    lower: np.ndarray | None
+    upper: np.ndarray | None
+    bound_flags: np.ndarray | None
+
+    def free_values(self) -> np.ndarray:
+        idx = [self.names.index(n) for n in self.free_names]
+        return self.values[:, idx]
+
+
+def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
+              stat: str = "cstat", *, errors: str = "covariance", level: float = 0.9,
+              method: str = "auto", n_starts: int = 1, seed: int = 0,
+              max_iter: int = 200) -> BatchFitResult:
+    """Fit ``model`` to many spectra sharing ``data``'s response and exposure, in one
+    compiled, vmapped call.
+
+    ``counts`` has shape (n_spectra, n_bins) (and ``background_counts`` the same, for wstat).
+    """
+    counts = jnp.asarray(counts, dtype=jnp.float64)
+    if counts.ndim != 2 or counts.shape[1] != data.n_bins:
+        raise ValueError(f"counts must have shape (n_spectra, {data.n_bins}), got "
+                         f"{counts.shape}")
+    if background_counts is not None:
+        background_counts = jnp.asarray(background_counts, dtype=jnp.float64)
+        if background_counts.shape != counts.shape:
+            raise ValueError(f"background_counts shape {background_counts.shape} differs from "
+                             f"counts {counts.shape}")
+    if errors not in ("profile", "covariance"):
+        raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
+    free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
+    options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
+                         level=float(level), n_starts=int(n_starts))
+    keys = jax.random.split(jax.random.PRNGKey(seed), counts.shape[0])
+    out = _fit_many(theta_all, lower, upper, keys, data, counts, background_counts,
+                    structure=model.structure, free_idx=free_idx, stat=stat, options=options)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    cov = out["covariance"]
+    diag = np.diagonal(cov, axis1=1, axis2=2)
+    status = out["status"]
+    return BatchFitResult(
+        names=model.names,
+        free_names=free_names,
+        stat=stat,
+        values=out["theta"],
+        stat_value=out["stat_value"],
+        converged=np.isin(status, (1, 4)),
+        status=status,
+        n_iter=out["n_iter"],
+        covariance=cov,
+        errors=np.sqrt(np.where(diag > 0, diag, np.nan)),
+        level=level if options.profile else None,
+        lower=out["profile_bounds"][..., 0] if options.profile else None,
+        upper=out["profile_bounds"][..., 1] if options.profile else None,
+        bound_flags=out["profile_flags"] if options.profile else None,
+    )

@@ -1,0 +1,235 @@
+r"""Spectral datasets: the arrays a fit needs, built from OGIP files, as a JAX pytree.
+
+A :class:`SpectralData` holds, for the noticed channel groups only,
+
+* ``counts`` (source region) and optionally ``background_counts`` (background region),
+* ``exposure`` :math:`T_s` (s) and ``areascal``,
+* ``background_ratio`` :math:`r = t_b/t_s =
+  (T_b\,\mathrm{BACKSCAL}_b\,\mathrm{AREASCAL}_b)/(T_s\,\mathrm{BACKSCAL}_s\,\mathrm{AREASCAL}_s)`
+  (the W-statistic's exposure ratio),
+* ``matrix`` = ARF x RMF restricted to the energy rows that reach a noticed channel and summed
+  over channel groups, shape (n_energy, n_bins), and the matching energy grid
+  ``e_lo``/``e_hi`` (keV),
+* ``bin_lo``/``bin_hi``: EBOUNDS energy range of each noticed group (plots, reports).
+
+Predicted source counts are :math:`\mu = T_s\,\mathrm{AREASCAL}\,(N @ \mathrm{matrix})`.
+Channel selection follows Sherpa/XSPEC: a channel is used when its EBOUNDS interval overlaps
+``[lo, hi]``; channels with QUALITY != 0 are dropped; a group is noticed when any of its good
+channels is.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from dataclasses import dataclass
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from ..io import SpectrumFiles, channel_overlap_mask, group_index, load_spectrum
+from ..spectral.model import check_energy_grid
+from ..stats import cash, cstat, wstat
+
+__all__ = ["SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts"]
+
+STATISTICS = ("cash", "cstat", "wstat")
+
+
+@dataclass(frozen=True)
+class SpectralData:
+    counts: jax.Array
+    exposure: jax.Array
+    areascal: jax.Array
+    matrix: jax.Array
+    e_lo: jax.Array
+    e_hi: jax.Array
+    bin_lo: jax.Array
+    bin_hi: jax.Array
+    background_counts: jax.Array | None = None
+    background_ratio: jax.Array | None = None
+    name: str = "spectrum"
+
+    @property
+    def n_bins(self) -> int:
+        return int(np.shape(self.counts)[-1])
+
+    @property
+    def has_background(self) -> bool:
+        return self.background_counts is not None
+
+    # ------------------------------------------------------------------------------------------
+    @classmethod
+    def from_arrays(cls, counts, exposure, matrix, e_lo, e_hi, *, areascal=1.0,
+                    background_counts=None, background_ratio=None, bin_lo=None, bin_hi=None,
+                    name="spectrum"):
+        """Build from arrays, validating shapes and values eagerly (clear errors, no NaN later).
+
+        ``matrix`` is (n_energy, n_bins) in cm^2 (ARF x RMF), ``e_lo``/``e_hi`` the
+        n_energy bin edges in keV.
+        """
+        counts = np.asarray(counts, dtype=np.float64)
+        _check_counts(counts, f"{name}: counts")
+        matrix = np.asarray(matrix, dtype=np.float64)
+        e_lo, e_hi = check_energy_grid(e_lo, e_hi, f"{name}: response energy grid")
+        if matrix.ndim != 2 or matrix.shape != (e_lo.size, counts.shape[-1]):
+            raise ValueError(
+                f"{name}: response matrix has shape {matrix.shape}, expected "
+                f"(n_energy={e_lo.size}, n_bins={counts.shape[-1]})"
+            )
+        if not np.all(np.isfinite(matrix)) or np.any(matrix < 0):
+            raise ValueError(f"{name}: response matrix has NaN/inf or negative entries")
+        exposure = float(exposure)
+        if not np.isfinite(exposure) or exposure <= 0:
+            raise ValueError(f"{name}: exposure must be finite and > 0 s, got {exposure}")
+        areascal = np.asarray(areascal, dtype=np.float64)
+        if not np.all(np.isfinite(areascal)) or np.any(areascal <= 0):
+            raise ValueError(f"{name}: AREASCAL must be finite and > 0")
+        if background_counts is not None:
+            background_counts = np.asarray(background_counts, dtype=np.float64)
+            _check_counts(background_counts, f"{name}: background counts")
+            if background_counts.shape[-1] != counts.shape[-1]:
+                raise ValueError(
+                    f"{name}: background has {background_counts.shape[-1]} bins, source "
+                    f"{counts.shape[-1]}"
+                )
+            if background_ratio is None:
+                raise ValueError(f"{name}: background_counts given without background_ratio")
+            background_ratio = np.broadcast_to(
+                np.asarray(background_ratio, dtype=np.float64), counts.shape[-1:]
+            ).copy()
+            if not np.all(np.isfinite(background_ratio)) or np.any(background_ratio <= 0):
+                raise ValueError(f"{name}: background exposure ratio must be finite and > 0")
+        if bin_lo is None:
+            bin_lo = np.arange(counts.shape[-1], dtype=np.float64)
+            bin_hi = bin_lo + 1.0
+        return cls(
+            counts=jnp.asarray(counts),
+            exposure=jnp.asarray(exposure),
+            areascal=jnp.asarray(areascal),
+            matrix=jnp.asarray(matrix),
+            e_lo=jnp.asarray(e_lo),
+            e_hi=jnp.asarray(e_hi),
+            bin_lo=jnp.asarray(bin_lo, dtype=jnp.float64),
+            bin_hi=jnp.asarray(bin_hi, dtype=jnp.float64),
+            background_counts=None if background_counts is None else jnp.asarray(background_counts),
+            background_ratio=None if background_ratio is None else jnp.asarray(background_ratio),
+            name=name,
+        )
+
+    @classmethod
+    def from_files(cls, files: SpectrumFiles, erange=None, *, use_background=True,
+                   name=None) -> "SpectralData":
+        """Build from :class:`bkgjax.io.SpectrumFiles` (see :func:`load`)."""
+        src, rmf, arf = files.source, files.rmf, files.arf
+        name = name or (src.path or "spectrum")
+        n_chan = src.counts.size
+        good = np.ones(n_chan, dtype=bool)
+        if src.quality is not None:
+            good &= np.asarray(src.quality) == 0
+        if erange is not None:
+            lo, hi = (float(x) for x in erange)
+            good &= channel_overlap_mask(rmf.e_min, rmf.e_max, lo, hi)
+        groups = group_index(src.grouping, n_chan)
+        noticed_groups = np.unique(groups[good])
+        if noticed_groups.size == 0:
+            raise ValueError(f"{name}: no channel left after the energy filter {erange} and "
+                             "QUALITY screening")
+        # channel -> noticed group one-hot (bad-quality channels contribute nothing)
+        position = {g: k for k, g in enumerate(noticed_groups)}
+        grouping_matrix = np.zeros((n_chan, noticed_groups.size))
+        for c in np.nonzero(good)[0]:
+            grouping_matrix[c, position[groups[c]]] = 1.0
+        # also drop channels of a noticed group that lie outside the filter? XSPEC/Sherpa keep
+        # whole groups; we keep the group's good channels that were noticed only.
+        response = rmf.dense()
+        if arf is not None:
+            response = response * np.asarray(arf.specresp)[:, None]
+        grouped = response @ grouping_matrix
+        rows = np.nonzero(np.any(grouped > 0, axis=1))[0]
+        if rows.size == 0:
+            raise ValueError(f"{name}: the response has no non-zero entry in the noticed channels")
+        rows = np.arange(rows.min(), rows.max() + 1)  # keep a contiguous energy grid
+        counts = src.counts @ grouping_matrix
+        areascal = _group_mean(src.areascal, grouping_matrix)
+        bin_lo = np.array([rmf.e_min[grouping_matrix[:, k] > 0].min()
+                           for k in range(noticed_groups.size)])
+        bin_hi = np.array([rmf.e_max[grouping_matrix[:, k] > 0].max()
+                           for k in range(noticed_groups.size)])
+        bkg_counts = ratio = None
+        if use_background and files.background is not None:
+            bkg = files.background
+            bkg_counts = bkg.counts @ grouping_matrix
+            t_b = bkg.exposure * _group_mean(bkg.backscal, grouping_matrix) * _group_mean(
+                bkg.areascal, grouping_matrix)
+            t_s = src.exposure * _group_mean(src.backscal, grouping_matrix) * areascal
+            ratio = t_b / t_s
+        return cls.from_arrays(
+            counts, src.exposure, grouped[rows], rmf.energ_lo[rows], rmf.energ_hi[rows],
+            areascal=areascal, background_counts=bkg_counts, background_ratio=ratio,
+            bin_lo=bin_lo, bin_hi=bin_hi, name=name,
+        )
+
+    def with_counts(self, counts, background_counts=None) -> "SpectralData":
+        """Same response and exposure, new counts (simulations; no validation, jit-safe)."""
+        return dataclasses.replace(
+            self,
+            counts=counts,
+            background_counts=self.background_counts if background_counts is None
+            else background_counts,
+        )
+
+
+jax.tree_util.register_dataclass(
+    SpectralData,
+    data_fields=["counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo",
+                 "bin_hi", "background_counts", "background_ratio"],
+    meta_fields=["name"],
+)
+
+
+def _group_mean(values, grouping_matrix):
+    values = np.asarray(values, dtype=np.float64)
+    if values.ndim == 0:
+        return np.full(grouping_matrix.shape[1], float(values))
+    return (values @ grouping_matrix) / grouping_matrix.sum(axis=0)
+
+
+def _check_counts(counts, what):
+    if not np.all(np.isfinite(counts)):
+        raise ValueError(f"{what} contain NaN or inf")
+    if np.any(counts < 0):
+        raise ValueError(f"{what} are negative in {int(np.sum(counts < 0))} bin(s); Poisson "
+                         "statistics need counts >= 0")
+    if np.any(counts != np.round(counts)):
+        raise ValueError(f"{what} are not integers in {int(np.sum(counts != np.round(counts)))} "
+                         "bin(s); Poisson statistics need integer counts (was a rate or a "
+                         "background-subtracted spectrum passed?)")
+
+
+def load(pha, erange=None, *, rmf=None, arf=None, background="auto", use_background=True,
+         row=None) -> SpectralData:
+    """Read a PHA (+ background, RMF, ARF from its header keywords or the arguments) and build
+    a :class:`SpectralData` noticing ``erange = (lo, hi)`` keV."""
+    files = load_spectrum(pha, rmf=rmf, arf=arf,
+                          background=background if use_background else None, row=row)
+    return SpectralData.from_files(files, erange, use_background=use_background)
+
+
+def predicted_counts(structure, theta, data: SpectralData):
+    """Source-model counts per noticed bin, :math:`T_s\\,\\mathrm{AREASCAL}\\,(N @ M)`."""
+    flux = structure.evaluate(theta, data.e_lo, data.e_hi)
+    return data.exposure * data.areascal * (flux @ data.matrix)
+
+
+def statistic_per_bin(stat: str, model_counts, data: SpectralData):
+    """Per-bin fit statistic of ``model_counts`` given the data (``stat`` is static)."""
+    if stat == "cash":
+        return cash(model_counts, data.counts)
+    if stat == "cstat":
+        return cstat(model_counts, data.counts)
+    if stat == "wstat":
+        if data.background_counts is None:
+            raise ValueError(f"{data.name}: wstat needs a background spectrum (BACKFILE)")
+        return wstat(model_counts, data.counts, data.background_counts, data.background_ratio)
+    raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")

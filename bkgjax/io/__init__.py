@@ -1,0 +1,42 @@
+"""OGIP file input/output (PHA spectra, ARF, RMF); the only bkgjax layer that reads FITS.
+
+See :mod:`bkgjax.io.ogip` for the formats (OGIP/92-007 for PHA, CAL/GEN/92-002 for
+RMF/ARF) and :mod:`bkgjax.io.errors` for the exceptions raised.
+"""
+
+from .errors import BkgjaxIOError, MissingFileError
+from .ogip import (
+    ARF,
+    PHA,
+    RMF,
+    SpectrumFiles,
+    channel_overlap_mask,
+    check_compatible,
+    group_index,
+    load_spectrum,
+    read_arf,
+    read_pha,
+    read_rmf,
+    write_arf,
+    write_pha,
+    write_rmf,
+)
+
+__all__ = [
+    "BkgjaxIOError",
+    "MissingFileError",
+    "PHA",
+    "ARF",
+    "RMF",
+    "SpectrumFiles",
+    "read_pha",
+    "read_arf",
+    "read_rmf",
+    "load_spectrum",
+    "check_compatible",
+    "channel_overlap_mask",
+    "group_index",
+    "write_pha",
+    "write_arf",
+    "write_rmf",
+]

@@ -1,0 +1,426 @@
+r"""Spectral model expressions: components, sums and products, with XSPEC parameter names.
+
+A :class:`Model` holds
+
+* ``expr``: a static, hashable expression tree (component names and labels, ``+`` and ``*``),
+  safe to use as a ``jax.jit`` static argument, so changing parameter values never recompiles;
+* ``parameters``: a tuple of :class:`Parameter` (value, unit, bounds, frozen, prior, link), each
+  named ``"<label>.<XSPEC name>"`` (e.g. ``"powerlaw.PhoIndex"``, ``"gaussian_2.LineE"``).
+
+Evaluation is a pure function of a parameter mapping and bin edges::
+
+    model = powerlaw() + gaussian(LineE=6.4, Sigma=0.0)
+    flux = model.evaluate(model.values(), e_lo, e_hi)   # photons/cm^2/s per bin
+
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+import jax.numpy as jnp
+import numpy as np
+
+from .components import COMPONENTS
+
+__all__ = ["Parameter", "Model", "ModelStructure", "component", "list_components"]
+
+_INF = float("inf")
+
+
+@dataclass(frozen=True)
+class Parameter:
+    """One model parameter.
+
+    Attributes
+    ----------
+    name : str
+        Qualified name ``"<component label>.<XSPEC name>"``.
+    value : float
+        Current (starting) value, in ``unit``.
+    unit : str
+        Astropy-parsable unit string ("keV", "photons/keV/cm^2/s", "" for dimensionless).
+    min, max : float
+        Hard limits; fits use a bijection onto ``(min, max)``.
+    frozen : bool
+        Frozen parameters are not fitted or sampled.
+    prior : numpyro.distributions.Distribution or None
+        Prior for :mod:`bkgjax.infer`; ``None`` means flat within ``(min, max)``.
+    link : str or None
+        Qualified name of another parameter whose value this one takes (XSPEC ``= pN``);
+        linked parameters are never free.
+    """
+
+    name: str
+    value: float
+    unit: str = ""
+    min: float = -_INF
+    max: float = _INF
+    frozen: bool = False
+    prior: Any = field(default=None, compare=False, hash=False)
+    link: str | None = None
+
+    def __post_init__(self):
+        for attr in ("value", "min", "max"):
+            object.__setattr__(self, attr, float(getattr(self, attr)))
+        if math.isnan(self.value):
+            raise ValueError(f"parameter {self.name}: value is NaN")
+        if not self.min < self.max:
+            raise ValueError(f"parameter {self.name}: min={self.min} must be < max={self.max}")
+        if self.link is None and not self.min <= self.value <= self.max:
+            raise ValueError(
+                f"parameter {self.name}: value {self.value} outside its limits "
+                f"[{self.min}, {self.max}]"
+            )
+
+    @property
+    def short_name(self) -> str:
+        return self.name.split(".", 1)[-1]
+
+    @property
+    def is_free(self) -> bool:
+        return not self.frozen and self.link is None
+
+
+# Expression nodes (hashable tuples): ("comp", spec_name, label) | ("+", a, b) | ("*", a, b)
+
+
+def _labels(expr):
+    if expr[0] == "comp":
+        return [expr[2]]
+    return _labels(expr[1]) + _labels(expr[2])
+
+
+def _relabel(expr, mapping):
+    if expr[0] == "comp":
+        return ("comp", expr[1], mapping.get(expr[2], expr[2]))
+    return (expr[0], _relabel(expr[1], mapping), _relabel(expr[2], mapping))
+
+
+def _kind(expr):
+    if expr[0] == "comp":
+        return COMPONENTS[expr[1]].kind
+    left, right = _kind(expr[1]), _kind(expr[2])
+    if expr[0] == "+":
+        if left != right:
+            raise ValueError("cannot add an additive and a multiplicative component")
+        return left
+    if left == "add" and right == "add":
+        raise ValueError("cannot multiply two additive components (XSPEC rule)")
+    return "add" if "add" in (left, right) else "mul"
+
+
+def _to_string(expr):
+    if expr[0] == "comp":
+        return expr[2]
+    left, right = _to_string(expr[1]), _to_string(expr[2])
+    if expr[0] == "*" and expr[2][0] == "+":
+        right = f"({right})"
+    if expr[0] == "*" and expr[1][0] == "+":
+        left = f"({left})"
+    return f"{left} {expr[0]} {right}"
+
+
+@dataclass(frozen=True)
+class Model:
+    """An additive or multiplicative spectral model expression with its parameters."""
+
+    expr: tuple
+    parameters: tuple
+
+    def __post_init__(self):
+        kind = _kind(self.expr)  # validates the expression
+        object.__setattr__(self, "_kind", kind)
+        names = [p.name for p in self.parameters]
+        if len(set(names)) != len(names):
+            raise ValueError(f"duplicate parameter names in model: {names}")
+        for p in self.parameters:
+            if p.link is not None and p.link not in names:
+                raise ValueError(f"parameter {p.name} links to unknown parameter {p.link}")
+
+    # -- composition -------------------------------------------------------------------------
+    def _combine(self, other, op):
+        if not isinstance(other, Model):
+            return NotImplemented
+        taken = set(_labels(self.expr))
+        mapping = {}
+        for label in _labels(other.expr):
+            if label in taken:
+                base = label.rsplit("_", 1)[0] if label.rsplit("_", 1)[-1].isdigit() else label
+                k = 2
+                while f"{base}_{k}" in taken:
+                    k += 1
+                mapping[label] = f"{base}_{k}"
+            taken.add(mapping.get(label, label))
+
+        def rename(name):
+            label, pname = name.split(".", 1)
+            return f"{mapping.get(label, label)}.{pname}"
+
+        new_params = tuple(
+            dataclasses.replace(
+                p, name=rename(p.name), link=None if p.link is None else rename(p.link)
+            )
+            for p in other.parameters
+        )
+        return Model((op, self.expr, _relabel(other.expr, mapping)), self.parameters + new_params)
+
+    def __add__(self, other):
+        return self._combine(other, "+")
+
+    def __mul__(self, other):
+        return self._combine(other, "*")
+
+    # -- introspection -----------------------------------------------------------------------
+    @property
+    def kind(self) -> str:
+        """"add" (photons/cm^2/s per bin) or "mul" (dimensionless factor per bin)."""
+        return self._kind
+
+    @property
+    def names(self) -> tuple:
+        return tuple(p.name for p in self.parameters)
+
+    @property
+    def free_names(self) -> tuple:
+        return tuple(p.name for p in self.parameters if p.is_free)
+
+    def display_names(self) -> dict:
+        """Map qualified names to the shortest unambiguous names (XSPEC name if unique)."""
+        shorts = [p.short_name for p in self.parameters]
+        return {
+            p.name: (p.short_name if shorts.count(p.short_name) == 1 else p.name)
+            for p in self.parameters
+        }
+
+    def __getitem__(self, name) -> Parameter:
+        return self.parameters[self._index(name)]
+
+    def _index(self, name) -> int:
+        names = self.names
+        if name in names:
+            return names.index(name)
+        matches = [i for i, p in enumerate(self.parameters) if p.short_name == name]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise KeyError(
+                f"parameter name {name!r} is ambiguous in {self}; use one of "
+                f"{[names[i] for i in matches]}"
+            )
+        close = difflib.get_close_matches(name, list(names) + [p.short_name for p in self.parameters])
+        raise KeyError(f"no parameter {name!r} in model {self}; did you mean {close}?")
+
+    def __str__(self) -> str:
+        return _to_string(self.expr)
+
+    def __repr__(self) -> str:
+        rows = [f"Model({self})"]
+        for p in self.parameters:
+            state = "frozen" if p.frozen else ("= " + p.link if p.link else "free")
+            rows.append(f"  {p.name:28s} {p.value:<14.6g} {p.unit:20s} [{p.min:g}, {p.max:g}] {state}")
+        return "\n".join(rows)
+
+    # -- updating (returns new models; Model is immutable) -----------------------------------
+    def set(self, name, value=None, *, frozen=None, min=None, max=None, prior=None, link=None):
+        """Return a copy with parameter ``name`` changed (value, frozen, limits, prior, link)."""
+        i = self._index(name)
+        p = self.parameters[i]
+        changes = {}
+        for key, val in (("value", value), ("frozen", frozen), ("min", min), ("max", max),
+                         ("prior", prior), ("link", link)):
+            if val is not None:
+                changes[key] = val
+        new = list(self.parameters)
+        new[i] = dataclasses.replace(p, **changes)
+        return Model(self.expr, tuple(new))
+
+    def with_values(self, values: Mapping[str, float]) -> "Model":
+        """Return a copy with several parameter values replaced (names as in :meth:`set`)."""
+        model = self
+        for name, value in values.items():
+            model = model.set(name, float(value))
+        return model
+
+    # -- evaluation --------------------------------------------------------------------------
+    def values(self) -> dict:
+        """Current parameter values as ``{qualified name: float}``."""
+        return {p.name: p.value for p in self.parameters}
+
+    def resolve(self, values: Mapping[str, Any]) -> dict:
+        """Complete a (possibly partial) value mapping with current values, then apply links."""
+        full = {}
+        for p in self.parameters:
+            full[p.name] = values[p.name] if p.name in values else p.value
+        for p in self.parameters:
+            if p.link is not None:
+                full[p.name] = full[p.link]
+        return full
+
+    @property
+    def structure(self) -> "ModelStructure":
+        """The static part (expression, names, links): hashable, value-free, jit-static."""
+        return ModelStructure(self.expr, self.names, tuple(p.link for p in self.parameters))
+
+    def evaluate(self, values: Mapping[str, Any], e_lo, e_hi):
+        """Evaluate per bin (pure; traceable by jit/vmap/grad).
+
+        Parameters
+        ----------
+        values : mapping
+            ``{qualified name: value}``; missing names take the current values.
+        e_lo, e_hi : array_like
+            Bin edges in keV, ``e_hi > e_lo > 0`` (validated by :func:`check_energy_grid`).
+
+        Returns
+        -------
+        Array of shape ``e_lo.shape``: photons/cm^2/s per bin (additive models) or the
+        multiplicative factor per bin.
+        """
+        full = self.resolve(values)
+        return _evaluate_expr(self.expr, full, e_lo, e_hi)
+
+    def __call__(self, e_lo, e_hi, values=None):
+        return self.evaluate({} if values is None else values, e_lo, e_hi)
+
+
+def _evaluate_expr(expr, full, e_lo, e_hi):
+    e_lo = jnp.asarray(e_lo)
+    e_hi = jnp.asarray(e_hi)
+
+    def walk(node):
+        if node[0] == "comp":
+            spec = COMPONENTS[node[1]]
+            args = [full[f"{node[2]}.{n}"] for n in spec.param_names]
+            return spec.function(e_lo, e_hi, *args)
+        left, right = walk(node[1]), walk(node[2])
+        return left + right if node[0] == "+" else left * right
+
+    return walk(expr)
+
+
+@dataclass(frozen=True)
+class ModelStructure:
+    """Value-free, hashable view of a :class:`Model`, used as a ``jax.jit`` static argument.
+
+    ``evaluate(theta, e_lo, e_hi)`` takes the vector of *all* parameter values in
+    ``names`` order (linked entries are overwritten by their targets).
+    """
+
+    expr: tuple
+    names: tuple
+    links: tuple
+
+    def values_from_vector(self, theta) -> dict:
+        values = {name: theta[i] for i, name in enumerate(self.names)}
+        for name, link in zip(self.names, self.links):
+            if link is not None:
+                values[name] = values[link]
+        return values
+
+    def evaluate(self, theta, e_lo, e_hi):
+        return _evaluate_expr(self.expr, self.values_from_vector(theta), e_lo, e_hi)
+
+
+def check_energy_grid(e_lo, e_hi, what="energy grid"):
+    """Validate bin edges (keV): finite, positive, e_hi > e_lo, increasing.  Returns arrays."""
+    e_lo = np.asarray(e_lo, dtype=np.float64)
+    e_hi = np.asarray(e_hi, dtype=np.float64)
+    if e_lo.shape != e_hi.shape or e_lo.ndim != 1:
+        raise ValueError(f"{what}: e_lo and e_hi must be 1-D of equal length, got {e_lo.shape} "
+                         f"and {e_hi.shape}")
+    if not (np.all(np.isfinite(e_lo)) and np.all(np.isfinite(e_hi))):
+        raise ValueError(f"{what}: bin edges contain NaN or inf")
+    if np.any(e_lo <= 0):
+        raise ValueError(f"{what}: bin edges must be > 0 keV (first bad bin "
+                         f"{int(np.argmax(e_lo <= 0))})")
+    if np.any(e_hi <= e_lo):
+        raise ValueError(f"{what}: e_hi must exceed e_lo in every bin (first bad bin "
+                         f"{int(np.argmax(e_hi <= e_lo))})")
+    if np.any(np.diff(e_lo) <= 0):
+        raise ValueError(f"{what}: energy grid is not monotonically increasing (at bin "
+                         f"{int(np.argmax(np.diff(e_lo) <= 0)) + 1})")
+    return e_lo, e_hi
+
+
+def list_components() -> dict:
+    """Names and descriptions of the available components."""
+    return {name: spec.description for name, spec in COMPONENTS.items()}
+
+
+def component(name: str, label: str | None = None, **overrides) -> Model:
+    """Make a one-component model, e.g. ``component("powerlaw", PhoIndex=1.8, norm=1e-3)``.
+
+    ``overrides`` set starting values; pass ``Parameter`` fields through :meth:`Model.set`.
+    """
+    if name not in COMPONENTS:
+        close = difflib.get_close_matches(name, list(COMPONENTS))
+        raise ValueError(
+            f"unknown model component {name!r}; available: {sorted(COMPONENTS)}"
+            + (f" (did you mean {close[0]!r}?)" if close else "")
+        )
+    spec = COMPONENTS[name]
+    label = label or name
+    unknown = set(overrides) - set(spec.param_names)
+    if unknown:
+        raise ValueError(f"component {name!r} has no parameter(s) {sorted(unknown)}; "
+                         f"its parameters are {list(spec.param_names)}")
+    params = tuple(
+        Parameter(
+            name=f"{label}.{d.name}",
+            value=float(overrides.get(d.name, d.value)),
+            unit=d.unit,
+            min=d.min,
+            max=d.max,
+            frozen=d.frozen,
+        )
+        for d in spec.params
+    )
+    return Model(("comp", name, label), params)
+
+
+def _factory(name):
+    def make(label=None, **overrides):
+        return component(name, label, **overrides)
+
+    make.__name__ = name
+    make.__doc__ = f"{COMPONENTS[name].description} (XSPEC-style component {name!r})."
+    return make
+
+
+powerlaw = _factory("powerlaw")
+cutoffpl = _factory("cutoffpl")
+bknpower = _factory("bknpower")
+cxb_gruber = _factory("cxb_gruber")
+gaussian = _factory("gaussian")
+fsline = _factory("fsline")
+expdec = _factory("expdec")
+constant = _factory("constant")
+gabs = _factory("gabs")
+
+
+def parse_model(expression: str) -> Model:
+    """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``."""
+    import ast
+
+    try:
+        tree = ast.parse(expression.strip(), mode="eval")
+    except SyntaxError as err:
+        raise ValueError(f"cannot parse model expression {expression!r}: {err.msg}") from None
+
+    def build(node):
+        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
+            left, right = build(node.left), build(node.right)
+            return left + right if isinstance(node.op, ast.Add) else left * right
+        if isinstance(node, ast.Name):
+            return component(node.id)
+        raise ValueError(
+            f"model expression {expression!r}: only component names, '+', '*' and parentheses "
+            "are allowed"
+        )
+
+    return build(tree.body)
