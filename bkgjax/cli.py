@@ -158,6 +158,10 @@ def _demo(args) -> int:
         json.dump(payload, fh, indent=2)
         fh.write("\n")
     fig_path = os.path.join(out, "demo_spectrum.png")
+    import matplotlib
+
+    matplotlib.use("Agg")  # the CLI writes files; never open windows (library code leaves
+    # the backend alone so that notebooks keep inline figures)
     from .plotting import plot_fit
 
     fig = plot_fit(best, data, idata=idata)

@@ -26,13 +26,6 @@ def plot_fit(result, data, idata=None, min_counts=15):
     """Counts per keV per second with the best-fit model, the 90 % band of the posterior model
     counts (if ``idata`` is given) and residuals (data - model)/sqrt(model), with adjacent
     channels grouped to >= ``min_counts`` counts *for display only*.  Returns the figure."""
-    import matplotlib
-
-    if matplotlib.get_backend().lower() not in ("agg", "module://matplotlib_inline.backend_inline"):
-        try:
-            matplotlib.use("Agg")
-        except Exception:  # pragma: no cover - interactive sessions keep their backend
-            pass
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 

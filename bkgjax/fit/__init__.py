@@ -11,10 +11,11 @@ from .core import (
     total_statistic,
 )
 from .dataset import STATISTICS, SpectralData, load, predicted_counts, statistic_per_bin
+from .reference import NelderMeadResult, fit_nelder_mead
 from .optimize import lbfgs, levenberg_marquardt, profile_bounds, to_bounded, to_unbounded
 
 __all__ = [
     "BatchFitResult", "FitOptions", "FitResult", "STATISTICS", "SpectralData", "delta_stat",
-    "fit", "fit_batch", "guess_norms", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
+    "NelderMeadResult", "fit", "fit_batch", "fit_nelder_mead", "guess_norms", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
     "profile_bounds", "statistic_per_bin", "to_bounded", "to_unbounded", "total_statistic",
 ]

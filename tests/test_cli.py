@@ -1,0 +1,77 @@
+"""The command line: bkgjax fit-spectrum (JSON contract) and bkgjax demo."""
+
+import json
+
+import numpy as np
+import pytest
+
+import bkgjax  # noqa: F401
+from bkgjax.cli import demo_spectrum_path, main
+from bkgjax.fit import fit, guess_norms, load
+from bkgjax.spectral import powerlaw
+
+
+def test_fit_spectrum_json_contract(tmp_path, capsys):
+    out = tmp_path / "fit.json"
+    code = main(["fit-spectrum", demo_spectrum_path(), "--model", "powerlaw", "--stat", "cstat",
+                 "--erange", "0.5", "7", "--json", str(out)])
+    assert code == 0
+    payload = json.loads(out.read_text())
+    assert payload["stat"] == "cstat" and payload["converged"] is True
+    assert payload["n_bins"] == 446 and payload["dof"] == 444
+    assert set(payload["params"]) == {"PhoIndex", "norm"}
+    gamma = payload["params"]["PhoIndex"]
+    # the same numbers as the Python API
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0))
+    api = fit(guess_norms(powerlaw(), data), data, "cstat")
+    np.testing.assert_allclose(gamma["value"], api.values["powerlaw.PhoIndex"], rtol=1e-6)
+    np.testing.assert_allclose(payload["stat_value"], api.stat_value, rtol=1e-9)
+    assert gamma["lower90"] < gamma["value"] < gamma["upper90"]  # absolute values, not offsets
+    assert gamma["error"] > 0
+    printed = capsys.readouterr().out
+    assert "PhoIndex" in printed and "upper90" in printed
+
+
+def test_fit_spectrum_background_options(tmp_path):
+    out_w = tmp_path / "w.json"
+    assert main(["fit-spectrum", demo_spectrum_path(), "--stat", "wstat", "--json", str(out_w)]) == 0
+    out_c = tmp_path / "c.json"
+    assert main(["fit-spectrum", demo_spectrum_path(), "--stat", "cstat", "--no-background",
+                 "--json", str(out_c)]) == 0
+    w, c = json.loads(out_w.read_text()), json.loads(out_c.read_text())
+    assert w["stat"] == "wstat" and c["stat"] == "cstat"
+    assert w["params"]["PhoIndex"]["value"] != c["params"]["PhoIndex"]["value"]
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--stat", "wstat", "--no-background"], "wstat needs the background"),
+    (["--erange", "7", "0.5"], "0 < LO < HI"),
+    (["--model", "powerlow"], "unknown model component"),
+])
+def test_fit_spectrum_bad_input(argv, message, capsys):
+    code = main(["fit-spectrum", demo_spectrum_path(), *argv])
+    assert code == 2
+    assert message in capsys.readouterr().err
+
+
+def test_fit_spectrum_missing_file(tmp_path, capsys):
+    assert main(["fit-spectrum", str(tmp_path / "nope.pha")]) == 2
+    assert "nope.pha" in capsys.readouterr().err
+
+
+def test_fit_spectrum_sample_adds_posterior(tmp_path):
+    out = tmp_path / "s.json"
+    assert main(["fit-spectrum", demo_spectrum_path(), "--sample", "--warmup", "200",
+                 "--samples", "300", "--chains", "2", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload["posterior"]) == {"PhoIndex", "norm"}
+    assert payload["posterior"]["PhoIndex"]["r_hat"] < 1.05
+    assert payload["posterior_energy_flux"]["unit"] == "erg/cm^2/s"
+
+
+def test_demo_runs_on_shipped_spectrum(tmp_path):
+    assert main(["demo", "--out", str(tmp_path), "--warmup", "200", "--samples", "300"]) == 0
+    payload = json.loads((tmp_path / "demo_result.json").read_text())
+    assert payload["fits"]["cstat"]["converged"]
+    assert abs(payload["fits"]["cstat"]["params"]["PhoIndex"]["value"] - 1.1877) < 1e-3
+    assert (tmp_path / "demo_spectrum.png").stat().st_size > 10_000
