@@ -55,13 +55,14 @@ def test_profile_interval_coverage(setup, level):
     _check(f"profile {level:.3f}", covered.mean(axis=0), level, 0.03)
 
 
-def _nuts_coverage(data, truth, n, seed):
+def _nuts_coverage(data, truth, n, seed, num_warmup=500, num_samples=1000):
     counts, _ = fakeit(jax.random.PRNGKey(seed), truth, data, n=n)
     mle = fit_batch(truth, data, counts, errors="covariance")
     init = {name: jnp.asarray(mle.values[:, k]) for k, name in enumerate(mle.names)}
     # one NUTS run samples the n independent posteriors (plate over spectra)
     mcmc = MCMC(NUTS(batched_spectral_model, init_strategy=init_to_value(values=init)),
-                num_warmup=500, num_samples=1000, num_chains=1, progress_bar=False)
+                num_warmup=num_warmup, num_samples=num_samples, num_chains=1,
+                progress_bar=False)
     mcmc.run(jax.random.PRNGKey(seed + 1), truth, data, counts)
     samples = mcmc.get_samples()
     draws = np.stack([np.asarray(samples[name]) for name in mle.names], axis=-1)  # (S, n, 2)
@@ -78,7 +79,8 @@ def test_nuts_credible_interval_coverage_200(setup):
     binomial standard errors; the ``slow`` test repeats it with 1000 spectra at +-3 %."""
     data, truth = setup
     n = 200
-    coverage = _nuts_coverage(data, truth, n, seed=11)
+    # 300 warm-up / 600 draws: >= 500 effective draws per spectrum for a 2-parameter posterior
+    coverage = _nuts_coverage(data, truth, n, seed=11, num_warmup=300, num_samples=600)
     for level, cov in coverage.items():
         _check(f"NUTS {level:.3f} (n={n})", cov, level,
                3 * np.sqrt(level * (1 - level) / n))

@@ -240,3 +240,27 @@ def test_guess_norms_scales_to_observed_counts(dgtau):
     predicted = float(predicted_counts(guessed.structure, theta, dgtau).sum())
     expected = float(dgtau.counts.sum() - (dgtau.background_counts / dgtau.background_ratio).sum())
     np.testing.assert_allclose(predicted, expected, rtol=1e-10)
+
+
+def test_profile_bound_at_parameter_limit_is_flagged(dgtau):
+    """A line with no flux: the lower 90 % bound of its norm is the limit 0 (flag 2), the
+    upper one is found; the Venzon-Moolgavkar lanes that fail fall back to the safeguarded
+    search."""
+    model = powerlaw(PhoIndex=1.2, norm=1.3e-5) + component_gaussian()
+    result = fit(model, dgtau, "cstat", level=0.9)
+    lo, hi = result.intervals["gaussian.norm"]
+    flags = result.bound_flags["gaussian.norm"]
+    assert lo == 0.0 and flags[0] == 2
+    assert flags[1] == 1 and hi > result.values["gaussian.norm"]
+    # the found upper bound is where the profile crosses the 90 % level
+    bounded = model.set("gaussian.norm", hi, frozen=True)
+    profiled = fit(bounded, dgtau, "cstat", errors="covariance")
+    np.testing.assert_allclose(profiled.stat_value - result.stat_value, 2.7055, atol=2e-3)
+
+
+def component_gaussian():
+    from bkgjax.spectral import gaussian
+
+    # line position and width frozen, as for an upper limit on a known line
+    return (gaussian(LineE=6.4, Sigma=0.0, norm=1e-7).set("LineE", frozen=True)
+            .set("Sigma", frozen=True))

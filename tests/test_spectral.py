@@ -188,3 +188,16 @@ def test_component_evaluation_jit_equals_eager():
     np.testing.assert_allclose(jitted, eager, rtol=1e-13)
     grads = jax.grad(lambda v: m.evaluate(v, jnp.asarray(E_LO), jnp.asarray(E_HI)).sum())(values)
     assert all(np.isfinite(float(g)) for g in grads.values())
+
+
+def test_parameters_and_models_are_pytrees():
+    m = powerlaw(PhoIndex=1.7, norm=2e-3) + gaussian(LineE=6.4)
+    leaves, treedef = jax.tree_util.tree_flatten(m)
+    assert leaves == [1.7, 2e-3, 6.4, 0.1, 1.0]
+    doubled = jax.tree_util.tree_map(lambda v: 2 * v, m)
+    assert doubled["PhoIndex"].value == 3.4 and doubled["PhoIndex"].unit == ""
+    assert doubled["gaussian.LineE"].max == m["gaussian.LineE"].max
+    # a model passes through jit as a pytree; values are traced, structure is static
+    total = jax.jit(lambda mod: mod.evaluate({p.name: p.value for p in mod.parameters},
+                                             E_LO, E_HI).sum())
+    np.testing.assert_allclose(total(m), m(E_LO, E_HI).sum(), rtol=1e-13)

@@ -28,7 +28,7 @@ from numpyro.infer import MCMC, NUTS, Predictive
 from ..fit.core import fit as _fit
 from ..fit.dataset import SpectralData, predicted_counts
 from ..spectral.flux import energy_flux, photon_flux
-from ..stats import poisson_loglike, wstat, wstat_background
+from ..stats import poisson_loglike, wstat
 
 __all__ = ["PoissonStatistic", "spectral_model", "run_nuts", "posterior_flux",
            "batched_spectral_model"]
@@ -63,10 +63,10 @@ class PoissonStatistic(dist.Distribution):
     def sample(self, key, sample_shape=()):
         rate = self.model_counts
         if self.stat == "wstat":
-            # expected total = source + profiled background in the source region
-            bkg = wstat_background(self.model_counts, self.model_counts,
-                                   self.background_counts, self.background_ratio)
-            rate = rate + bkg / self.background_ratio
+            # replicated source-region counts: model + the background spectrum's estimate of the
+            # background in the source region, B / r (the profiled value needs the observed
+            # counts, which a replicate does not have)
+            rate = rate + self.background_counts / self.background_ratio
         shape = sample_shape + self.batch_shape
         return jax.random.poisson(key, rate, shape=shape).astype(jnp.float64)
 

@@ -22,6 +22,7 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+import jax
 import jax.numpy as jnp
 import numpy as np
 
@@ -84,6 +85,24 @@ class Parameter:
     @property
     def is_free(self) -> bool:
         return not self.frozen and self.link is None
+
+
+def _parameter_flatten(p):
+    return (p.value,), (p.name, p.unit, p.min, p.max, p.frozen, p.prior, p.link)
+
+
+def _parameter_unflatten(aux, children):
+    # bypass __init__: leaves may be tracers or arrays inside jit/vmap
+    obj = object.__new__(Parameter)
+    for key, val in zip(("name", "unit", "min", "max", "frozen", "prior", "link"), aux):
+        object.__setattr__(obj, key, val)
+    object.__setattr__(obj, "value", children[0])
+    return obj
+
+
+# Parameters are pytrees: the value is the leaf; name, unit, limits, frozen, prior, link are
+# static metadata (so ``jax.tree_util.tree_map`` over a model's parameters maps the values).
+jax.tree_util.register_pytree_node(Parameter, _parameter_flatten, _parameter_unflatten)
 
 
 # Expression nodes (hashable tuples): ("comp", spec_name, label) | ("+", a, b) | ("*", a, b)
@@ -324,6 +343,21 @@ class ModelStructure:
 
     def evaluate(self, theta, e_lo, e_hi):
         return _evaluate_expr(self.expr, self.values_from_vector(theta), e_lo, e_hi)
+
+
+def _model_flatten(model):
+    return (model.parameters,), model.expr
+
+
+def _model_unflatten(expr, children):
+    obj = object.__new__(Model)
+    object.__setattr__(obj, "expr", expr)
+    object.__setattr__(obj, "parameters", tuple(children[0]))
+    object.__setattr__(obj, "_kind", _kind(expr))
+    return obj
+
+
+jax.tree_util.register_pytree_node(Model, _model_flatten, _model_unflatten)
 
 
 def check_energy_grid(e_lo, e_hi, what="energy grid"):
