@@ -8,6 +8,7 @@ from .core import (
     fit,
     fit_batch,
     guess_norms,
+    shard_batch,
     total_statistic,
 )
 from .dataset import STATISTICS, SpectralData, load, predicted_counts, statistic_per_bin
@@ -16,6 +17,6 @@ from .optimize import lbfgs, levenberg_marquardt, profile_bounds, to_bounded, to
 
 __all__ = [
     "BatchFitResult", "FitOptions", "FitResult", "STATISTICS", "SpectralData", "delta_stat",
-    "NelderMeadResult", "fit", "fit_batch", "fit_nelder_mead", "guess_norms", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
+    "NelderMeadResult", "fit", "fit_batch", "fit_nelder_mead", "guess_norms", "shard_batch", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
     "profile_bounds", "statistic_per_bin", "to_bounded", "to_unbounded", "total_statistic",
 ]

@@ -43,7 +43,7 @@ from .optimize import (
 )
 
 __all__ = ["FitOptions", "FitResult", "BatchFitResult", "fit", "fit_batch", "delta_stat",
-           "total_statistic", "guess_norms", "folded_derivatives"]
+           "total_statistic", "guess_norms", "folded_derivatives", "shard_batch"]
 
 
 def delta_stat(level: float, n_interest: int = 1) -> float:
@@ -118,7 +118,9 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
         (values, s1), (_, s2) = jax.jvp(bin_first, (mu,), (jnp.ones_like(mu),))
         grad_theta = jac @ s1
         weights = data.matrix @ (scale * s1)                        # (E,)
-        curvature = jax.hessian(lambda t: flux_of_theta(t) @ weights)(theta)
+        # forward-over-forward: the model is cheap and has few inputs (2.4x faster than
+        # jax.hessian's reverse-over-forward here)
+        curvature = jax.jacfwd(jax.jacfwd(lambda t: flux_of_theta(t) @ weights))(theta)
         return jnp.sum(values), grad_theta, (jac * s2) @ jac.T + curvature
 
     def derivatives(u):
@@ -437,14 +439,34 @@ class BatchFitResult:
         return self.values[:, idx]
 
 
+def shard_batch(*arrays, axis_name: str = "spectrum"):
+    """Place arrays with a leading batch axis across all devices (``jax.sharding`` over the
+    named mesh axis ``axis_name``); jit then partitions the vmapped fits over devices (CPU
+    cores with ``--xla_force_host_platform_device_count``, GPUs, or hosts after
+    ``jax.distributed.initialize``).  With one device, or a batch not divisible by the device
+    count, arrays are returned unchanged."""
+    devices = jax.devices()
+    out = []
+    for a in arrays:
+        if a is None or len(devices) == 1 or a.shape[0] % len(devices):
+            out.append(a)
+            continue
+        mesh = jax.sharding.Mesh(np.asarray(devices), (axis_name,))
+        spec = jax.sharding.PartitionSpec(axis_name, *([None] * (a.ndim - 1)))
+        out.append(jax.device_put(a, jax.sharding.NamedSharding(mesh, spec)))
+    return tuple(out)
+
+
 def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
               stat: str = "cstat", *, errors: str = "covariance", level: float = 0.9,
               method: str = "auto", n_starts: int = 1, seed: int = 0,
-              max_iter: int = 200) -> BatchFitResult:
+              max_iter: int = 200, shard: bool = True) -> BatchFitResult:
     """Fit ``model`` to many spectra sharing ``data``'s response and exposure, in one
     compiled, vmapped call.
 
     ``counts`` has shape (n_spectra, n_bins) (and ``background_counts`` the same, for wstat).
+    With ``shard=True`` (default) the spectrum axis is split over all available devices
+    (:func:`shard_batch`).
     """
     counts = jnp.asarray(counts, dtype=jnp.float64)
     if counts.ndim != 2 or counts.shape[1] != data.n_bins:
@@ -461,6 +483,8 @@ def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
     options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
                          level=float(level), n_starts=int(n_starts))
     keys = jax.random.split(jax.random.PRNGKey(seed), counts.shape[0])
+    if shard:
+        keys, counts, background_counts = shard_batch(keys, counts, background_counts)
     out = _fit_many(theta_all, lower, upper, keys, data, counts, background_counts,
                     structure=model.structure, free_idx=free_idx, stat=stat, options=options)
     out = jax.tree_util.tree_map(np.asarray, out)

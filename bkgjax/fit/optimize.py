@@ -346,8 +346,12 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
             # not yet bracketed: go further out on this side, at least doubling the excursion
             excursion = jnp.abs(v - v_best)
             outward = side * (newton - v)
+            # outward step: Newton's when it points out, bounded below by half the excursion
+            # plus a tenth of the first step (in sigma units, not absolute: the coordinates
+            # of a well-measured parameter move by ~sigma), above by tripling the excursion
             grow = jnp.clip(jnp.where(jnp.isfinite(outward) & (outward > 0), outward,
-                                      excursion + 1.0), excursion * 0.5 + 0.1, 3.0 * excursion + 1.0)
+                                      excursion + step0),
+                            excursion * 0.5 + 0.1 * step0, 3.0 * excursion + step0)
             v_explore = v + side * grow
             v_next = jnp.where(bracketed, v_bracketed, v_explore)
             it = it + 1

@@ -17,13 +17,15 @@ R-hat meaningful.
 
 from __future__ import annotations
 
+from functools import partial
+
 import jax
 import jax.numpy as jnp
 import numpy as np
 import numpyro
 import numpyro.distributions as dist
 from numpyro.distributions import constraints
-from numpyro.infer import MCMC, NUTS, Predictive
+from numpyro.infer import MCMC, NUTS
 
 from ..fit.core import fit as _fit
 from ..fit.dataset import SpectralData, predicted_counts
@@ -154,6 +156,33 @@ def _initial_chains(model, best, key, num_chains, spread=0.5):
     return init
 
 
+# Compiled samplers, reused across calls with the same model structure, statistic and
+# settings (a cache like jit's own, not configuration): with ``jit_model_args`` new data or
+# start values of the same shapes do not recompile.
+_SAMPLERS: dict = {}
+_MAX_SAMPLERS = 8
+
+
+def _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept, progress_bar):
+    key = (model.structure,
+           tuple((p.name, p.is_free, p.min, p.max, id(p.prior)) for p in model.parameters),
+           stat, num_warmup, num_samples, num_chains, target_accept, progress_bar)
+    mcmc = _SAMPLERS.get(key)
+    if mcmc is None:
+        if len(_SAMPLERS) >= _MAX_SAMPLERS:
+            _SAMPLERS.pop(next(iter(_SAMPLERS)))
+        kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept)
+        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
+                    num_chains=num_chains, chain_method="vectorized",
+                    progress_bar=progress_bar, jit_model_args=True)
+        _SAMPLERS[key] = mcmc
+    return mcmc
+
+
+def _model_for_stat(model, data, counts, stat):
+    spectral_model(model, data, stat, counts)
+
+
 def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_samples=1000,
              num_chains=4, seed=0, posterior_predictive=True, progress_bar=False,
              target_accept=0.8):
@@ -161,7 +190,10 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
 
     Groups: ``posterior`` (free parameters and ``model_counts``), ``sample_stats``,
     ``log_likelihood`` (pointwise ``counts``), ``observed_data`` and, if requested,
-    ``posterior_predictive``.  Check ``arviz.summary(idata)`` for R-hat and ESS.
+    ``posterior_predictive`` (Poisson replicas of each draw's model counts, plus for wstat
+    the background spectrum's estimate of the background in the source region).
+    Check ``arviz.summary(idata)`` for R-hat and ESS.  Chains run vectorised; the compiled
+    sampler is reused by later calls with the same model structure and settings.
     """
     import arviz as az
 
@@ -169,19 +201,17 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
     key = jax.random.PRNGKey(seed)
     key_init, key_run, key_ppc = jax.random.split(key, 3)
     init = _initial_chains(model, best, key_init, num_chains)
-    kernel = NUTS(spectral_model, target_accept_prob=target_accept)
-    mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                num_chains=num_chains, chain_method="vectorized", progress_bar=progress_bar)
-    mcmc.run(key_run, model, data, stat, counts=data.counts, init_params=init)
+    mcmc = _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept,
+                    progress_bar)
+    mcmc.run(key_run, model, data, data.counts, init_params=init)
     ppc = None
     if posterior_predictive:
-        samples = mcmc.get_samples()
-        predictive = Predictive(spectral_model, posterior_samples=samples,
-                                return_sites=["counts"])
-        ppc = predictive(key_ppc, model, data, stat, counts=None)
-        ppc = {"counts": np.asarray(ppc["counts"]).reshape(num_chains, num_samples, -1)}
-    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
-    return idata
+        rate = mcmc.get_samples(group_by_chain=True)["model_counts"]
+        if stat == "wstat":
+            rate = rate + data.background_counts / data.background_ratio
+        replicas = jax.random.poisson(key_ppc, rate, shape=rate.shape).astype(jnp.float64)
+        ppc = {"counts": np.asarray(replicas)}
+    return az.from_numpyro(mcmc, posterior_predictive=ppc)
 
 
 def posterior_flux(idata, model, e_min=2.0, e_max=10.0, kind="energy", n_bins=512):
