@@ -35,7 +35,7 @@ __all__ = [
 
 STATUS_MESSAGES = {
     0: "running",
-    1: "converged: Newton decrement below tolerance",
+    1: "Newton decrement below tolerance",
     2: "maximum number of iterations reached",
     3: "non-finite statistic or gradient at the starting point",
     4: "no step decreases the statistic (damping exhausted); at a minimum to machine precision",
