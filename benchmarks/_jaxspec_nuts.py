@@ -35,24 +35,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 import numpy as np  # noqa: E402
 
 
-def posterior_summary(draws: dict) -> dict:
-    """draws: name -> (chain, draw) arrays."""
-    import arviz as az
-
-    out = {}
-    for name, arr in draws.items():
-        arr = np.asarray(arr, dtype=np.float64)
-        ds = az.convert_to_dataset({"x": arr})
-        out[name] = {
-            "mean": float(arr.mean()),
-            "sd": float(arr.std(ddof=1)),
-            "ess_bulk": float(az.ess(ds, method="bulk")["x"]),
-            "ess_tail": float(az.ess(ds, method="tail")["x"]),
-            "r_hat": float(az.rhat(ds)["x"]),
-        }
-    return out
-
-
 def main(argv=None):
     p = argparse.ArgumentParser()
     p.add_argument("--pha", default=None)
@@ -68,7 +50,7 @@ def main(argv=None):
     args = p.parse_args(argv)
     warnings.filterwarnings("ignore")
 
-    from common import demo_pha_path, machine_info
+    from common import demo_pha_path, machine_info, posterior_summary
 
     result = {"tool": "jaxspec", "settings": vars(args).copy()}
     try:

@@ -313,6 +313,7 @@ def bench_single(data, repeat, sherpa):
     log(f"  bkgjax  {tb['median_s'] * 1e3:.2f} ms (first call {t_first:.1f} s)")
 
     cost = NumpyCStat(data)
+
     ti = timeit(lambda: _minuit_numpy(cost), repeat=repeat, warmup=2)
     out["iminuit_numpy"] = {"timing": strip_result(ti), **_minuit_summary(ti["result"])}
     log(f"  iminuit (NumPy, numerical derivatives)  {ti['median_s'] * 1e3:.2f} ms")
@@ -356,6 +357,7 @@ def bench_profile(data, repeat, sherpa):
     log(f"  bkgjax profile  {tb['median_s'] * 1e3:.2f} ms (first call {t_first:.1f} s)")
 
     cost = NumpyCStat(data)
+
     ti = timeit(lambda: _minuit_numpy(cost, minos=True), repeat=repeat, warmup=2)
     out["iminuit_numpy_minos"] = {"timing": strip_result(ti),
                                   **_minuit_summary(ti["result"], minos=True)}
@@ -421,67 +423,52 @@ def bench_batch(data, n_batch, n_iminuit, n_sherpa, sherpa, batch_repeat):
 
     # iminuit loops: first n_iminuit spectra, one fresh Minuit (MIGRAD+HESSE) per spectrum
     cost = NumpyCStat(data)
-    vals = np.full((n_iminuit, 2), np.nan)
-    valid = np.zeros(n_iminuit, dtype=bool)
-    t0 = time.perf_counter()
-    for i in range(n_iminuit):
+
+    def time_peer_loop(label, fit_one, n_timed):
+        """Time ``fit_one(i) -> ((PhoIndex, norm), ok)`` over the first ``n_timed`` spectra,
+        extrapolate to the batch, and compare the fits with bkgjax's."""
+        vals = np.full((n_timed, 2), np.nan)
+        ok = np.zeros(n_timed, dtype=bool)
+        t0 = time.perf_counter()
+        for i in range(n_timed):
+            vals[i], ok[i] = fit_one(i)
+        elapsed = time.perf_counter() - t0
+        log(f"  {label}: {n_timed} fits in {elapsed:.2f} s -> {n_timed / elapsed:.1f} fits/s")
+        return {
+            "n_timed": n_timed, "elapsed_s": elapsed, "per_fit_s": elapsed / n_timed,
+            "fits_per_s": n_timed / elapsed, "extrapolated": True,
+            "extrapolated_time_for_all_s": elapsed / n_timed * n_batch,
+            "valid_fraction": float(ok.mean()),
+            "agreement_vs_bkgjax": _batch_agreement(free[:n_timed], vals,
+                                                    ok & res.converged[:n_timed],
+                                                    res.errors[:n_timed]),
+        }
+
+    def iminuit_numpy_one(i):
         cost.set_counts(sims[i])
         m = _minuit_numpy(cost)
-        vals[i] = m.values["PhoIndex"], m.values["norm"]
-        valid[i] = m.valid
-    ti = time.perf_counter() - t0
-    out["iminuit_numpy_loop"] = {
-        "n_timed": n_iminuit, "elapsed_s": ti, "per_fit_s": ti / n_iminuit,
-        "fits_per_s": n_iminuit / ti, "extrapolated": True,
-        "extrapolated_time_for_all_s": ti / n_iminuit * n_batch,
-        "valid_fraction": float(valid.mean()),
-        "agreement_vs_bkgjax": _batch_agreement(free[:n_iminuit], vals,
-                                                valid & res.converged[:n_iminuit],
-                                                res.errors[:n_iminuit]),
-    }
-    log(f"  iminuit NumPy loop: {n_iminuit} fits in {ti:.2f} s -> {n_iminuit / ti:.1f} fits/s")
+        return (m.values["PhoIndex"], m.values["norm"]), m.valid
+
+    out["iminuit_numpy_loop"] = time_peer_loop("iminuit NumPy loop", iminuit_numpy_one, n_iminuit)
 
     jcost, jgrad, jhess = make_jax_cost(data)
     _minuit_jax(jcost, jgrad, jhess, sims[0])  # compile
-    vals_j = np.full((n_iminuit, 2), np.nan)
-    valid_j = np.zeros(n_iminuit, dtype=bool)
-    t0 = time.perf_counter()
-    for i in range(n_iminuit):
+
+    def iminuit_jax_one(i):
         m = _minuit_jax(jcost, jgrad, jhess, sims[i])
-        vals_j[i] = m.values["PhoIndex"], m.values["norm"]
-        valid_j[i] = m.valid
-    tj = time.perf_counter() - t0
-    out["iminuit_jax_grad_loop"] = {
-        "n_timed": n_iminuit, "elapsed_s": tj, "per_fit_s": tj / n_iminuit,
-        "fits_per_s": n_iminuit / tj, "extrapolated": True,
-        "valid_fraction": float(valid_j.mean()),
-        "agreement_vs_bkgjax": _batch_agreement(free[:n_iminuit], vals_j,
-                                                valid_j & res.converged[:n_iminuit],
-                                                res.errors[:n_iminuit]),
-    }
-    log(f"  iminuit jax-grad loop: {n_iminuit} fits in {tj:.2f} s -> {n_iminuit / tj:.1f} fits/s")
+        return (m.values["PhoIndex"], m.values["norm"]), m.valid
+
+    out["iminuit_jax_grad_loop"] = time_peer_loop("iminuit jax-grad loop", iminuit_jax_one,
+                                                  n_iminuit)
 
     if sherpa is not None:
-        vals_s = np.full((n_sherpa, 2), np.nan)
-        ok_s = np.zeros(n_sherpa, dtype=bool)
-        t0 = time.perf_counter()
-        for i in range(n_sherpa):
+        def sherpa_one(i):
             sherpa.set_counts(sims[i])
             r, _ = sherpa.run("covar")
-            vals_s[i] = r.parvals
-            ok_s[i] = r.succeeded
-        ts = time.perf_counter() - t0
+            return r.parvals, r.succeeded
+
+        out["sherpa_loop"] = time_peer_loop("sherpa loop", sherpa_one, n_sherpa)
         sherpa.set_counts(np.asarray(data.counts))
-        out["sherpa_loop"] = {
-            "n_timed": n_sherpa, "elapsed_s": ts, "per_fit_s": ts / n_sherpa,
-            "fits_per_s": n_sherpa / ts, "extrapolated": True,
-            "extrapolated_time_for_all_s": ts / n_sherpa * n_batch,
-            "succeeded_fraction": float(ok_s.mean()),
-            "agreement_vs_bkgjax": _batch_agreement(free[:n_sherpa], vals_s,
-                                                    ok_s & res.converged[:n_sherpa],
-                                                    res.errors[:n_sherpa]),
-        }
-        log(f"  sherpa loop: {n_sherpa} fits in {ts:.2f} s -> {n_sherpa / ts:.1f} fits/s")
 
     rate = out["bkgjax"]["fits_per_s"]
     out["throughput_ratio_bkgjax_over_peer"] = {

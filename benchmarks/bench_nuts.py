@@ -57,6 +57,7 @@ from common import (  # noqa: E402
     machine_info,
     machine_line,
     ratio,
+    posterior_summary,
     run_json_subprocess,
     write_json,
 )
@@ -67,23 +68,6 @@ BK_NAMES = {"powerlaw.PhoIndex": "PhoIndex", "powerlaw.norm": "norm"}
 
 def log(msg):
     print(f"[{time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def posterior_summary(draws: dict) -> dict:
-    import arviz as az
-
-    out = {}
-    for name, arr in draws.items():
-        arr = np.asarray(arr, dtype=np.float64)
-        ds = az.convert_to_dataset({"x": arr})
-        out[name] = {
-            "mean": float(arr.mean()),
-            "sd": float(arr.std(ddof=1)),
-            "ess_bulk": float(az.ess(ds, method="bulk")["x"]),
-            "ess_tail": float(az.ess(ds, method="tail")["x"]),
-            "r_hat": float(az.rhat(ds)["x"]),
-        }
-    return out
 
 
 def summarise_runs(entry):

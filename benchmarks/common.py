@@ -239,3 +239,24 @@ def run_json_subprocess(python: str, script: str, args=(), timeout=None, env=Non
 
 if __name__ == "__main__":
     print(json.dumps(machine_info(), indent=2))
+
+
+def posterior_summary(draws: dict) -> dict:
+    """Mean, sd, bulk/tail ESS and R-hat per parameter; ``draws``: name -> (chain, draw).
+
+    Imports only numpy and arviz, so the jaxspec subprocess (another venv) can use it too.
+    """
+    import arviz as az
+
+    out = {}
+    for name, arr in draws.items():
+        arr = np.asarray(arr, dtype=np.float64)
+        ds = az.convert_to_dataset({"x": arr})
+        out[name] = {
+            "mean": float(arr.mean()),
+            "sd": float(arr.std(ddof=1)),
+            "ess_bulk": float(az.ess(ds, method="bulk")["x"]),
+            "ess_tail": float(az.ess(ds, method="tail")["x"]),
+            "r_hat": float(az.rhat(ds)["x"]),
+        }
+    return out
