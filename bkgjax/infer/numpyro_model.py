@@ -121,10 +121,6 @@ def batched_spectral_model(model, data: SpectralData, counts, background_counts=
         ]
     theta = jnp.stack(columns, axis=-1)
 
-    def one(t, c, b):
-        d = data.with_counts(c, b)
-        return predicted_counts(model.structure, t, d)
-
     bkg = data.background_counts if background_counts is None else background_counts
     if bkg is not None and bkg.ndim == 1:
         bkg = jnp.broadcast_to(bkg, counts.shape)
