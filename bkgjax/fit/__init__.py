@@ -11,12 +11,38 @@ from .core import (
     shard_batch,
     total_statistic,
 )
-from .dataset import STATISTICS, SpectralData, load, predicted_counts, statistic_per_bin
+from .dataset import (
+    STATISTICS,
+    SpectralData,
+    load,
+    predicted_counts,
+    statistic_per_bin,
+    total_statistic_of_theta,
+)
 from .reference import NelderMeadResult, fit_nelder_mead
 from .optimize import lbfgs, levenberg_marquardt, profile_bounds, to_bounded, to_unbounded
 
 __all__ = [
-    "BatchFitResult", "FitOptions", "FitResult", "STATISTICS", "SpectralData", "delta_stat",
-    "NelderMeadResult", "fit", "fit_batch", "fit_nelder_mead", "guess_norms", "shard_batch", "lbfgs", "levenberg_marquardt", "load", "predicted_counts",
-    "profile_bounds", "statistic_per_bin", "to_bounded", "to_unbounded", "total_statistic",
+    "BatchFitResult",
+    "FitOptions",
+    "FitResult",
+    "NelderMeadResult",
+    "STATISTICS",
+    "SpectralData",
+    "delta_stat",
+    "fit",
+    "fit_batch",
+    "fit_nelder_mead",
+    "guess_norms",
+    "lbfgs",
+    "levenberg_marquardt",
+    "load",
+    "predicted_counts",
+    "profile_bounds",
+    "shard_batch",
+    "statistic_per_bin",
+    "to_bounded",
+    "to_unbounded",
+    "total_statistic",
+    "total_statistic_of_theta",
 ]

@@ -31,7 +31,13 @@ import numpy as np
 from scipy.stats import chi2 as _chi2
 
 from ..spectral.model import Model
-from .dataset import STATISTICS, SpectralData, predicted_counts, statistic_per_bin
+from .dataset import (
+    STATISTICS,
+    SpectralData,
+    predicted_counts,
+    statistic_per_bin,
+    total_statistic_of_theta,
+)
 from .optimize import (
     STATUS_MESSAGES,
     hessian_derivatives,
@@ -68,9 +74,8 @@ def _statistic_of_theta(structure, stat, free_idx, theta_fixed, data):
     idx = jnp.asarray(free_idx, dtype=jnp.int32)
 
     def of_free(theta_free):
-        theta = theta_fixed.at[idx].set(theta_free)
-        mu = predicted_counts(structure, theta, data)
-        return jnp.sum(statistic_per_bin(stat, mu, data))
+        return total_statistic_of_theta(stat, structure, theta_fixed.at[idx].set(theta_free),
+                                        data)
 
     return of_free
 
@@ -138,8 +143,7 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
 def total_statistic(model: Model, data: SpectralData, stat="cstat", values=None):
     """Total statistic of ``model`` (current or given ``values``) on ``data`` (eager)."""
     theta = jnp.asarray([v for v in model.resolve(values or {}).values()])
-    mu = predicted_counts(model.structure, theta, data)
-    return jnp.sum(statistic_per_bin(stat, mu, data))
+    return total_statistic_of_theta(stat, model.structure, theta, data)
 
 
 def guess_norms(model: Model, data: SpectralData) -> Model:
@@ -179,7 +183,8 @@ def _fit_kernel(theta_all, lower, upper, start_key, data, *, structure, free_idx
     derivatives = folded_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
     use_lm = options.method == "lm" or (options.method == "auto" and n_free <= 30)
     minimize = (partial(levenberg_marquardt, derivatives=derivatives, max_iter=options.max_iter)
-                if use_lm else partial(lbfgs, max_iter=options.max_iter * 10))
+                if use_lm else partial(lbfgs, derivatives=derivatives,
+                                       max_iter=options.max_iter * 10))
     if options.n_starts > 1:
         noise = jax.random.normal(start_key, (options.n_starts - 1, n_free))
         starts = jnp.concatenate([u0[None], u0[None] + options.start_spread * noise])

@@ -31,7 +31,8 @@ from ..io import SpectrumFiles, channel_overlap_mask, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
 from ..stats import cash, cstat, wstat
 
-__all__ = ["SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts"]
+__all__ = ["SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
+           "total_statistic_of_theta"]
 
 STATISTICS = ("cash", "cstat", "wstat")
 
@@ -237,3 +238,9 @@ def statistic_per_bin(stat: str, model_counts, data: SpectralData):
             raise ValueError(f"{data.name}: wstat needs a background spectrum (BACKFILE)")
         return wstat(model_counts, data.counts, data.background_counts, data.background_ratio)
     raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")
+
+
+def total_statistic_of_theta(stat: str, structure, theta, data: SpectralData):
+    """Total statistic of the model with all parameter values ``theta`` (``structure.names``
+    order) folded through ``data``: the sum over bins of :func:`statistic_per_bin`."""
+    return jnp.sum(statistic_per_bin(stat, predicted_counts(structure, theta, data), data))

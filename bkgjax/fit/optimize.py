@@ -180,10 +180,12 @@ def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, d
     return MinimizeResult(x, f, g, it, status, h)
 
 
-def lbfgs(fun, x0, *, max_iter=1000, gtol=1e-8, memory_size=10):
+def lbfgs(fun, x0, *, derivatives=None, max_iter=1000, gtol=1e-8, memory_size=10):
     """Minimise ``fun`` with optax L-BFGS (zoom line search); for many parameters.
 
-    Converged when the gradient infinity-norm is below ``gtol``.
+    Converged when the gradient infinity-norm is below ``gtol``.  The value, gradient and
+    Hessian at the solution come from ``derivatives`` (``x -> (f, grad, hessian)``; defaults to
+    autodiff of ``fun``), as in :func:`levenberg_marquardt`.
     """
     x0 = jnp.asarray(x0, dtype=jnp.float64)
     solver = optax.lbfgs(memory_size=memory_size)
@@ -205,8 +207,7 @@ def lbfgs(fun, x0, *, max_iter=1000, gtol=1e-8, memory_size=10):
     f0 = fun(x0)
     carry = (x0, state0, f0, jnp.full_like(x0, jnp.inf), jnp.asarray(0))
     x, _, _, _, it = jax.lax.while_loop(cond, body, carry)
-    f, g = jax.value_and_grad(fun)(x)
-    h = jax.hessian(fun)(x)
+    f, g, h = (derivatives or hessian_derivatives(fun))(x)
     status = jnp.where(
         ~jnp.isfinite(f), _NONFINITE,
         jnp.where(jnp.max(jnp.abs(g)) < gtol * 10, _CONVERGED, _MAXITER),

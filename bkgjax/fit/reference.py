@@ -16,7 +16,7 @@ import numpy as np
 from scipy.optimize import minimize
 
 from ..spectral.model import Model
-from .dataset import SpectralData, predicted_counts, statistic_per_bin
+from .dataset import SpectralData, total_statistic_of_theta
 
 __all__ = ["NelderMeadResult", "fit_nelder_mead"]
 
@@ -62,7 +62,7 @@ def fit_nelder_mead(model: Model, data: SpectralData, stat: str = "cstat", *,
     def objective(scaled, counts, background_counts):
         theta = jnp.asarray(theta_all).at[free_idx].set(scaled * scale)
         d = data.with_counts(counts, background_counts)
-        return jnp.sum(statistic_per_bin(stat, predicted_counts(structure, theta, d), d))
+        return total_statistic_of_theta(stat, structure, theta, d)
 
     def run(start, counts, background_counts):
         fun = lambda x: float(objective(jnp.asarray(x), counts, background_counts))  # noqa: E731
