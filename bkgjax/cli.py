@@ -44,6 +44,20 @@ def _posterior_summary(idata, model, level=0.9):
     return out
 
 
+def _print_posterior(posterior):
+    """One line per parameter: mean +- sd, 90 % HDI, R-hat, bulk ESS."""
+    for name, row in posterior.items():
+        print(f"  {name:20s} {row['mean']:12.6g} +- {row['sd']:10.4g}  90% HDI "
+              f"[{row['hdi90_low']:.6g}, {row['hdi90_high']:.6g}]  R-hat {row['r_hat']:.3f}"
+              f"  ESS {row['ess_bulk']:.0f}")
+
+
+def _write_json(path, payload):
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+
+
 def _fit_spectrum(args) -> int:
     import numpy as np
 
@@ -92,15 +106,10 @@ def _fit_spectrum(args) -> int:
             "upper90": float(np.percentile(flux, 95)),
             "unit": "erg/cm^2/s",
         }
-        print("\nNUTS posterior (90 % HDI):")
-        for name, row in payload["posterior"].items():
-            print(f"  {name:20s} {row['mean']:12.6g} +- {row['sd']:10.4g}  "
-                  f"[{row['hdi90_low']:.6g}, {row['hdi90_high']:.6g}]  R-hat {row['r_hat']:.3f}"
-                  f"  ESS {row['ess_bulk']:.0f}")
+        print("\nNUTS posterior:")
+        _print_posterior(payload["posterior"])
     if args.json:
-        with open(args.json, "w") as fh:
-            json.dump(payload, fh, indent=2)
-            fh.write("\n")
+        _write_json(args.json, payload)
         print(f"wrote {args.json}")
     return 0 if result.converged else 1
 
@@ -136,10 +145,7 @@ def _demo(args) -> int:
     idata = run_nuts(best.model, data, "cstat", num_warmup=args.warmup,
                      num_samples=args.samples, num_chains=4, seed=args.seed)
     posterior = _posterior_summary(idata, best.model)
-    for name, row in posterior.items():
-        print(f"  {name:10s} {row['mean']:12.6g} +- {row['sd']:10.4g}  90% HDI "
-              f"[{row['hdi90_low']:.6g}, {row['hdi90_high']:.6g}]  R-hat {row['r_hat']:.3f} "
-              f"ESS {row['ess_bulk']:.0f}")
+    _print_posterior(posterior)
     flux_draws = posterior_flux(idata, best.model, 0.5, 7.0)
     lo90, med, hi90 = np.percentile(flux_draws, [5, 50, 95])
     print(f"  0.5-7 keV energy flux posterior: {med:.4e} [{lo90:.4e}, {hi90:.4e}] erg/cm^2/s")
@@ -154,9 +160,7 @@ def _demo(args) -> int:
         "posterior": posterior,
     }
     json_path = os.path.join(out, "demo_result.json")
-    with open(json_path, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
+    _write_json(json_path, payload)
     fig_path = os.path.join(out, "demo_spectrum.png")
     import matplotlib
 
