@@ -144,10 +144,11 @@ def make_jax_cost(data):
 # Runners: each returns a dict with values, errors (1 sigma) and diagnostics
 
 
-def _minuit_numpy(cost, *, minos=False):
+def _run_minuit(m, minos):
+    """Same settings for every iminuit variant: C-stat errordef 1, limits, MIGRAD, then
+    MINOS (90 %) or HESSE."""
     from iminuit import Minuit
 
-    m = Minuit(cost, START["PhoIndex"], START["norm"], name=NAMES)
     m.errordef = Minuit.LEAST_SQUARES
     for k in NAMES:
         m.limits[k] = LIMITS[k]
@@ -157,6 +158,13 @@ def _minuit_numpy(cost, *, minos=False):
     else:
         m.hesse()
     return m
+
+
+def _minuit_numpy(cost, *, minos=False):
+    from iminuit import Minuit
+
+    m = Minuit(cost, START["PhoIndex"], START["norm"], name=NAMES)
+    return _run_minuit(m, minos)
 
 
 def _minuit_jax(jcost, jgrad, jhess, counts, *, use_hessian=False, minos=False):
@@ -175,15 +183,7 @@ def _minuit_jax(jcost, jgrad, jhess, counts, *, use_hessian=False, minos=False):
 
     m = Minuit(fcn, np.array([START["PhoIndex"], START["norm"]]), grad=grad,
                hessian=hess if use_hessian else None, name=NAMES)
-    m.errordef = Minuit.LEAST_SQUARES
-    for k in NAMES:
-        m.limits[k] = LIMITS[k]
-    m.migrad()
-    if minos:
-        m.minos(cl=CL90)
-    else:
-        m.hesse()
-    return m
+    return _run_minuit(m, minos)
 
 
 def _minuit_summary(m, minos=False):
