@@ -1,10 +1,14 @@
 """OGIP file input/output (PHA spectra, ARF, RMF); the only bkgjax layer that reads FITS.
 
 See :mod:`bkgjax.io.ogip` for the formats (OGIP/92-007 for PHA, CAL/GEN/92-002 for
-RMF/ARF) and :mod:`bkgjax.io.errors` for the exceptions raised.
+RMF/ARF), :mod:`bkgjax.io.events` for NuSTAR cleaned event files,
+:mod:`bkgjax.io.nustar_caldb` for the NuSTAR aperture/CALDB files and
+:mod:`bkgjax.io.errors` for the exceptions raised.
 """
 
 from .errors import BkgjaxIOError, MissingFileError
+from .events import EventList, read_nustar_events, write_nustar_events
+from .nustar_caldb import read_aperture_image, read_detabs, read_instrument_map, read_transmission_arf
 from .ogip import (
     ARF,
     PHA,
@@ -39,4 +43,11 @@ __all__ = [
     "write_pha",
     "write_arf",
     "write_rmf",
+    "EventList",
+    "read_nustar_events",
+    "write_nustar_events",
+    "read_aperture_image",
+    "read_instrument_map",
+    "read_detabs",
+    "read_transmission_arf",
 ]
