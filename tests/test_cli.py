@@ -70,7 +70,7 @@ def test_fit_spectrum_sample_adds_posterior(tmp_path):
 
 
 def test_demo_runs_on_shipped_spectrum(tmp_path):
-    assert main(["demo", "--out", str(tmp_path), "--warmup", "200", "--samples", "300"]) == 0
+    assert main(["demo-spectrum", "--out", str(tmp_path), "--warmup", "200", "--samples", "300"]) == 0
     payload = json.loads((tmp_path / "demo_result.json").read_text())
     assert payload["fits"]["cstat"]["converged"]
     assert abs(payload["fits"]["cstat"]["params"]["PhoIndex"]["value"] - 1.1877) < 1e-3

@@ -7,6 +7,7 @@ RMF/ARF), :mod:`bkgjax.io.events` for NuSTAR cleaned event files,
 """
 
 from .errors import BkgjaxIOError, MissingFileError
+from .occulted import OCCULTED_IMAGE_SHAPE, read_occulted_images
 from .events import EventList, read_nustar_events, write_nustar_events
 from .nustar_caldb import read_aperture_image, read_detabs, read_instrument_map, read_transmission_arf
 from .ogip import (
@@ -27,6 +28,8 @@ from .ogip import (
 )
 
 __all__ = [
+    "OCCULTED_IMAGE_SHAPE",
+    "read_occulted_images",
     "BkgjaxIOError",
     "MissingFileError",
     "PHA",
