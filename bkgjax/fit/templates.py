@@ -54,7 +54,7 @@ _ALPHAS = 2.0 ** -jnp.arange(8, dtype=jnp.float64)
 
 
 class TemplateFit(NamedTuple):
-    """Result of :func:`fit_templates` (every field is an array; batched under ``vmap``).
+    r"""Result of :func:`fit_templates` (every field is an array; batched under ``vmap``).
 
     theta : (K,) best-fit template coefficients.
     covariance : (K, K) inverse of the observed information :math:`-H^{-1}` at the optimum.

@@ -440,7 +440,7 @@ def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed
 
 
 def _chi2_fit(predict, y, sigma, u0):
-    """Minimise the chi-square of ``y`` against ``predict(u)``; returns (u, chi2, cov_u).
+    r"""Minimise the chi-square of ``y`` against ``predict(u)``; returns (u, chi2, cov_u).
 
     ``sigma``: 1-sigma errors (vector) or a full covariance matrix (2-D), in which case
     :math:`\chi^2 = r^T C^{-1} r` (band-to-band correlations from the chip factors)."""
@@ -957,6 +957,8 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
             "soft_norm": fit["soft_norm"], "soft_norm_err": fit["soft_norm_err"],
             "chip_factors": (None if chip_factors[id(mod)] is None
                              else np.asarray(chip_factors[id(mod)]).tolist()),
+            "chip_factors_err": (None if factor_cov[id(mod)] is None
+                                 else np.sqrt(np.diag(factor_cov[id(mod)])).tolist()),
             "n_pixels": int(masks[id(mod)].sum()),
             "one_step_flux_3_20": ({"value": one_step[id(mod)][0],
                                     "err1sigma": one_step[id(mod)][1]}
