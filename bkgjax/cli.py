@@ -198,7 +198,7 @@ def _print_table4(payload):
                 continue
             f = e["flux_3_20"]
             half = 0.5 * (f["upper90"] - f["lower90"])
-            line += (f" | {f['value'] / 1e-11:7.3f} +- {half / 1e-11:5.3f} {e['snr']:5.0f}"
+            line += (f" | {f['value'] / 1e-11:7.3f} +- {half / 1e-11:5.3f} {e['snr_90']:5.0f}"
                      f" {e['chi2']:5.1f}/{e['dof']:<3d}")
         print(line)
     comb = payload["combined"]
@@ -208,6 +208,8 @@ def _print_table4(payload):
                     for fpm, row in comb["per_fpm"].items())
     print(f"weighted mean (1e-11, 1 sigma): {f['value'] / 1e-11:.3f} +- "
           f"{f['err1sigma'] / 1e-11:.3f}   [{per}]")
+    print("S/N = flux / 90 % half-width (the paper's convention, section 5.1; results.json "
+          "also has flux / 1 sigma)")
     print(f"rms scatter {100 * comb['rms_scatter_frac']:.1f} % vs statistical error "
           f"{100 * comb['stat_err_frac']:.1f} % (combined); cosmic variance eq. (4): "
           f"{100 * comb['cosmic_variance_frac']:.1f} %")

@@ -173,6 +173,25 @@ def test_pipeline_recovers_injected_flux_and_contract():
     json.dumps(payload)  # JSON-able
 
 
+def test_paper_exposures_snr_and_fpm_agreement():
+    """Section 5.1: S/N 50-70 per data set (flux / 90 % half-width, as Table 4 implies) at the
+    Table 2 exposures; FPMA and FPMB agree within errors."""
+    cubes = simulate_cubes(7, CampaignTruth())
+    campaign = nc.campaign_from_cubes(cubes, [d.name for d in PAPER_DATASETS])
+    payload = nc.run_analysis(campaign, nc.AnalysisOptions(profile=False, one_step=False))["json"]
+    snr = np.array([d["snr_90"] for d in payload["datasets"]])
+    print("S/N (flux / 90 % half-width):", np.round(snr, 1))
+    assert 45 < np.median(snr) < 75
+    assert np.all((snr > 30) & (snr < 90))
+    by_name = {}
+    for d in payload["datasets"]:
+        by_name.setdefault(d["name"], {})[d["fpm"]] = d["flux_3_20"]
+    pulls = [(v["FPMA"]["value"] - v["FPMB"]["value"])
+             / np.hypot(v["FPMA"]["err1sigma"], v["FPMB"]["err1sigma"]) for v in by_name.values()]
+    print("FPMA - FPMB pulls:", np.round(pulls, 2))
+    assert np.all(np.abs(pulls) < 3)
+
+
 def test_cosmic_variance_equation_4():
     # 5.45e-2 * 2.5^(1/4) / sqrt(5) = 3.07 %
     assert nc.cosmic_variance(2.5e-11, 5.0) == pytest.approx(5.45e-2 * 2.5**0.25 / 5**0.5)

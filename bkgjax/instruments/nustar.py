@@ -214,7 +214,8 @@ def _ro(a: np.ndarray) -> np.ndarray:
     return a
 
 
-def _check_fpm(fpm: str) -> str:
+def check_fpm(fpm: str) -> str:
+    """Normalise a module name ('A', 'fpmb', ...) to 'FPMA'/'FPMB'; ValueError otherwise."""
     f = str(fpm).strip().upper()
     if f in ("A", "B"):
         f = "FPM" + f
@@ -257,7 +258,7 @@ class NustarGeometry:
     be_window: np.ndarray
 
     def __post_init__(self) -> None:
-        object.__setattr__(self, "fpm", _check_fpm(self.fpm))
+        object.__setattr__(self, "fpm", check_fpm(self.fpm))
         cube = (N_CHIPS, CHIP_PIXELS, CHIP_PIXELS)
         omega = np.asarray(self.omega, dtype=np.float64)
         mask = np.asarray(self.pixel_mask, dtype=bool)
@@ -336,7 +337,7 @@ def aperture_det1(image, fpm: str) -> np.ndarray:
     along (rows, columns) with (dx, dy) = MAST_SHIFT_MM[fpm], linear interpolation and edge
     values extended; crop [108:468, 108:468]; add APERTURE_CONSTANT; times APERTURE_UNIT_DEG2.
     """
-    fpm = _check_fpm(fpm)
+    fpm = check_fpm(fpm)
     img = np.asarray(image, dtype=np.float64)
     if img.shape != (_DET1_SIZE + 2 * APERTURE_PAD,) * 2:
         raise ValueError(f"aperture image must be {(_DET1_SIZE + 2 * APERTURE_PAD,) * 2}, got {img.shape}")
@@ -387,7 +388,7 @@ def derive_geometry(fpm: str, nustar_dir) -> NustarGeometry:
     TRANSMISSION_EMAX_KEV (80 keV); the Be window is linearly interpolated onto the DETABS
     grid midpoints.
     """
-    fpm = _check_fpm(fpm)
+    fpm = check_fpm(fpm)
     root = os.fspath(nustar_dir)
     ab = fpm[-1]
     image = read_aperture_image(os.path.join(root, "aperture", f"det{ab}_det1.img.gz"))
@@ -447,7 +448,7 @@ def load_geometry(fpm: str) -> NustarGeometry:
 
     The arrays are read-only, so the cached object can be shared.
     """
-    return _load_shipped(_check_fpm(fpm))
+    return _load_shipped(check_fpm(fpm))
 
 
 # ---------------------------------------------------------------------------

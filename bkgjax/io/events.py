@@ -133,6 +133,17 @@ def _int_column(ext: fits.BinTableHDU, col: str, where: str) -> np.ndarray:
     raise BkgjaxIOError(f"{where}: column {col} has non-numeric type {a.dtype}")
 
 
+def _positive_seconds(value, what):
+    """``float(value)`` if finite and > 0, else BkgjaxIOError naming ``what``."""
+    try:
+        seconds = float(value)
+    except (TypeError, ValueError) as exc:
+        raise BkgjaxIOError(f"{what} = {value!r} is not a number") from exc
+    if not (math.isfinite(seconds) and seconds > 0):
+        raise BkgjaxIOError(f"{what} = {value!r} must be finite and > 0 s")
+    return seconds
+
+
 def read_nustar_events(path, *, max_grade: int | None = 26) -> EventList:
     """Read a NuSTAR cleaned event file (``EVENTS`` + optional ``GTI`` extension).
 
@@ -189,12 +200,7 @@ def _read_nustar_events(fname: str, max_grade: int | None) -> EventList:
         if exp_raw is None:
             raise BkgjaxIOError(f"{where}: keyword EXPOSURE is missing (neither in the EVENTS nor in the "
                                 "primary header)")
-        try:
-            exposure = float(exp_raw)
-        except (TypeError, ValueError) as exc:
-            raise BkgjaxIOError(f"{where}: keyword EXPOSURE = {exp_raw!r} is not a number") from exc
-        if not (math.isfinite(exposure) and exposure > 0):
-            raise BkgjaxIOError(f"{where}: keyword EXPOSURE = {exp_raw!r} must be finite and > 0 s")
+        exposure = _positive_seconds(exp_raw, f"{where}: keyword EXPOSURE")
 
         data = {c: _int_column(ext, cols[c], where) for c in _REQUIRED}
         for c, lo, hi in _RANGES:
@@ -306,12 +312,7 @@ def write_nustar_events(path, *, instrument, exposure, det_id, rawx, rawy, pi, g
     inst = str(instrument).strip().upper()
     if inst not in _INSTRUMENTS:
         raise BkgjaxIOError(f"<in-memory data>: instrument {instrument!r} is not one of {_INSTRUMENTS}")
-    try:
-        exposure = float(exposure)
-    except (TypeError, ValueError) as exc:
-        raise BkgjaxIOError(f"<in-memory data>: exposure {exposure!r} is not a number") from exc
-    if not (math.isfinite(exposure) and exposure > 0):
-        raise BkgjaxIOError(f"<in-memory data>: exposure must be finite and > 0 s (got {exposure!r})")
+    exposure = _positive_seconds(exposure, "<in-memory data>: exposure")
 
     det = _as_int_input(det_id, "det_id", None)
     n = det.shape[0]

@@ -25,6 +25,7 @@ from .ogip import (
     _find_table,
     _hdu_label,
     _open_fits,
+    _read_specresp_table,
     _resolve_input_path,
 )
 
@@ -192,18 +193,7 @@ def read_transmission_arf(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     values : ndarray of float64
         Transmission (the SPECRESP column, whatever its TUNIT), finite and >= 0.
     """
-    fname = _resolve_input_path(path)
-    with _open_fits(fname) as hdul:
-        idx = _find_table(hdul, ("SPECRESP",), ("SPECRESP",))
-        if idx is None:
-            raise BkgjaxIOError(f"{fname}: no SPECRESP extension (EXTNAME or HDUCLAS2 'SPECRESP')")
-        ext = hdul[idx]
-        where = _hdu_label(fname, hdul, idx)
-        lo, hi = _energy_columns(ext, where)
-        cols = _column_names(ext)
-        if "SPECRESP" not in cols:
-            raise BkgjaxIOError(f"{where}: required column SPECRESP is missing")
-        v = np.asarray(ext.data[cols["SPECRESP"]], dtype=np.float64)
+    fname, where, lo, hi, v = _read_specresp_table(path)
     if v.shape != lo.shape:
         raise BkgjaxIOError(f"{where}: column SPECRESP has shape {v.shape}, energy grid {lo.shape}")
     if not np.all(np.isfinite(v)) or np.any(v < 0):

@@ -845,6 +845,14 @@ def read_arf(path) -> ARF:
     MissingFileError
         ``path`` does not exist.
     """
+    fname, where, lo, hi, sr = _read_specresp_table(path)
+    _check_energy_grid(lo, hi, where)
+    return ARF(path=fname, energ_lo=lo, energ_hi=hi, specresp=_check_finite(sr, where, "SPECRESP"))
+
+
+def _read_specresp_table(path):
+    """(file name, HDU label, ENERG_LO, ENERG_HI keV, SPECRESP) of an ARF-like file, unchecked
+    grid (shared by :func:`read_arf` and the transmission-curve reader)."""
     fname = _resolve_input_path(path)
     with _open_fits(fname) as hdul:
         idx = _find_table(hdul, ("SPECRESP",), ("SPECRESP",))
@@ -856,9 +864,8 @@ def read_arf(path) -> ARF:
         cols = _column_names(ext)
         if "SPECRESP" not in cols:
             raise BkgjaxIOError(f"{where}: required column SPECRESP is missing")
-        sr = np.asarray(ext.data[cols["SPECRESP"]], dtype=np.float64)
-        _check_energy_grid(lo, hi, where)
-        return ARF(path=fname, energ_lo=lo, energ_hi=hi, specresp=_check_finite(sr, where, "SPECRESP"))
+        values = np.asarray(ext.data[cols["SPECRESP"]], dtype=np.float64)
+    return fname, where, lo, hi, values
 
 
 def _check_finite(a: np.ndarray, where: str, name: str) -> np.ndarray:

@@ -240,15 +240,6 @@ PAPER_DATASETS = (
 )
 
 
-def _check_fpm(fpm) -> str:
-    f = str(fpm).strip().upper()
-    if f in ("A", "B"):
-        f = "FPM" + f
-    if f not in _FPM_INDEX:
-        raise ValueError(f"unknown focal plane module {fpm!r} (expected 'FPMA' or 'FPMB')")
-    return f
-
-
 def _finite(name, v, *, positive=False, nonneg=False):
     try:
         x = float(v)
@@ -330,7 +321,7 @@ class CampaignTruth:
             raise ValueError("CampaignTruth.chip_factors must be a mapping fpm -> 4 factors")
         chips = {}
         for k, v in self.chip_factors.items():
-            fpm = _check_fpm(k)
+            fpm = _nu.check_fpm(k)
             vals = tuple(_finite(f"chip_factors[{fpm}]", x, nonneg=True) for x in np.ravel(v))
             if len(vals) != _nu.N_CHIPS:
                 raise ValueError(f"CampaignTruth.chip_factors[{fpm}] needs 4 values (got {len(vals)})")
@@ -352,7 +343,7 @@ class CampaignTruth:
         for d in self.dead_pixels:
             if len(d) != 4:
                 raise ValueError(f"CampaignTruth.dead_pixels entries are (fpm, DET_ID, RAWX, RAWY); got {d!r}")
-            fpm, det, x, y = _check_fpm(d[0]), int(d[1]), int(d[2]), int(d[3])
+            fpm, det, x, y = _nu.check_fpm(d[0]), int(d[1]), int(d[2]), int(d[3])
             if not (0 <= det < _nu.N_CHIPS and 0 <= x < _nu.CHIP_PIXELS and 0 <= y < _nu.CHIP_PIXELS):
                 raise ValueError(f"CampaignTruth.dead_pixels entry {d!r} outside DET_ID 0..3, RAWX/RAWY 0..31")
             dead.append((fpm, det, x, y))
@@ -384,7 +375,7 @@ class CampaignTruth:
 
     def soft_flux_3_5(self, fpm: str, *, occulted: bool) -> float:
         """3-5 keV energy flux (erg/s/cm^2/deg^2) of the soft aperture component for ``fpm``."""
-        fpm = _check_fpm(fpm)
+        fpm = _nu.check_fpm(fpm)
         flux = self.soft_flux_3_5_occ * (1.0 if occulted else self.soft_sci_fraction)
         if fpm == "FPMB":
             flux *= self.fpmb_occ_crossnorm if occulted else self.fpmb_sci_crossnorm
@@ -477,7 +468,7 @@ def channel_spectra(truth: CampaignTruth, fpm: str, *, occulted: bool, pi=PI_CHA
     * ``soft_norm``: the ``bknpower`` (or, for SCI without backscatter, ``powerlaw``) norm,
       photons/keV/cm^2/s/deg^2 at 1 keV.
     """
-    fpm = _check_fpm(fpm)
+    fpm = _nu.check_fpm(fpm)
     pi = np.asarray(pi, dtype=np.int64)
     if pi.ndim != 1 or pi.size == 0 or np.any(pi < 0):
         raise ValueError("pi must be a non-empty 1-D array of channels >= 0")
@@ -496,7 +487,7 @@ def channel_spectra(truth: CampaignTruth, fpm: str, *, occulted: bool, pi=PI_CHA
 
 def live_mask(geometry, truth: CampaignTruth) -> np.ndarray:
     """Pixels that record events: ``geometry.pixel_mask`` without the truth's dead pixels, (4, 32, 32)."""
-    fpm = _check_fpm(geometry.fpm)
+    fpm = _nu.check_fpm(geometry.fpm)
     live = np.array(geometry.pixel_mask, dtype=bool, copy=True)
     for f, det, x, y in truth.dead_pixels:
         if f == fpm:
@@ -511,7 +502,7 @@ def _check_geometry(geometry):
     shape = (_nu.N_CHIPS, _nu.CHIP_PIXELS, _nu.CHIP_PIXELS)
     if np.shape(geometry.omega) != shape or np.shape(geometry.pixel_mask) != shape:
         raise ValueError(f"geometry.omega and pixel_mask must have shape {shape}")
-    return _check_fpm(geometry.fpm)
+    return _nu.check_fpm(geometry.fpm)
 
 
 def _check_pi(pi):
@@ -611,7 +602,7 @@ def _geometries(geometries):
     if geometries is None:
         return {f: _nu.load_geometry(f) for f in _nu.FPMS}
     if isinstance(geometries, Mapping):
-        geos = {_check_fpm(k): v for k, v in geometries.items()}
+        geos = {_nu.check_fpm(k): v for k, v in geometries.items()}
     else:
         geos = {_check_geometry(g): g for g in geometries}
     if set(geos) != set(_FPM_INDEX):
