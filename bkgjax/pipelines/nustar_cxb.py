@@ -72,6 +72,7 @@ __all__ = [
     "fit_soft_shape",
     "fit_sci_spectrum",
     "cosmic_variance",
+    "fit_crossnorm",
     "combine_fluxes",
     "average_spectrum_fits",
     "one_step_templates",
@@ -626,6 +627,41 @@ def _gruber_flux_3_20(e_fold=41.13, e_min=3.0, e_max=20.0):
     return float(energy_flux(model, None, e_min, e_max))
 
 
+@partial(jax.jit, static_argnames=("soft_model",))
+def _crossnorm_core(y_a, cov_a, resp_a, y_b, cov_b, resp_b, ch_lo, ch_hi, shape, soft_model):
+    cxb_a = resp_a @ _cxb_photons(1.0, 41.13, ch_lo, ch_hi)
+    cxb_b = resp_b @ _cxb_photons(1.0, 41.13, ch_lo, ch_hi)
+    soft_a = resp_a @ _sci_soft_photons(shape, 1.0, ch_lo, ch_hi, soft_model)
+    soft_b = resp_b @ _sci_soft_photons(shape, 1.0, ch_lo, ch_hi, soft_model)
+    scale_a = jnp.abs(y_a[0]) / soft_a[0]
+    scale_b = jnp.abs(y_b[0]) / soft_b[0]
+    zeros = jnp.zeros_like(cov_a)
+    cov = jnp.block([[cov_a, zeros], [zeros, cov_b]])
+    y = jnp.concatenate([y_a, y_b])
+    var_a = jnp.diag(cov_a)
+    norm0 = jnp.sum(y_a * cxb_a / var_a) / jnp.sum(cxb_a**2 / var_a)
+
+    def predict(u):
+        return jnp.concatenate([u[0] * cxb_a + u[2] * scale_a * soft_a,
+                                u[0] * u[1] * cxb_b + u[3] * scale_b * soft_b])
+
+    u, chi2, cov_u = _chi2_fit(predict, y, cov, jnp.stack([norm0, 1.0, 0.1, 0.1]))
+    return u, cov_u, chi2
+
+
+def fit_crossnorm(spectrum_a, spectrum_b, ch_lo, ch_hi, soft_shape, soft_model="powerlaw"):
+    """Joint FPMA + FPMB fit of one data set's SCI aperture spectra (section 4, Fig. 3): one
+    CXB norm, FPMB cross-normalisation constant C, a soft norm per module.  Each spectrum is
+    (y, band covariance, response).  Returns C, its 1-sigma error, the joint CXB norm, chi2/dof."""
+    (y_a, cov_a, resp_a), (y_b, cov_b, resp_b) = spectrum_a, spectrum_b
+    u, cov, chi2 = _crossnorm_core(*(jnp.asarray(a, jnp.float64) for a in (
+        y_a, cov_a, resp_a, y_b, cov_b, resp_b, ch_lo, ch_hi, soft_shape)), soft_model)
+    u, cov = np.asarray(u), np.asarray(cov)
+    return {"crossnorm": float(u[1]), "crossnorm_err": math.sqrt(max(cov[1, 1], 0.0)),
+            "cxb_norm": float(u[0]), "cxb_norm_err": math.sqrt(max(cov[0, 0], 0.0)),
+            "chi2": float(chi2), "dof": int(2 * len(np.asarray(y_a)) - 4)}
+
+
 def cosmic_variance(s_max=MCRAB_3_20, omega_deg2=5.0):
     r"""Eq. (4): :math:`\delta I/I \approx 5.45\times10^{-2} S_{\max,11}^{1/4}\Omega_{\deg}^{-1/2}`.
 
@@ -660,7 +696,8 @@ _AVERAGE_MODELS = {
 @partial(jax.jit, static_argnames=("kind",))
 def _average_fit(kind, mean, err, resp, ch_lo, ch_hi):
     unit = resp @ _cxb_photons(1.0, 41.13, ch_lo, ch_hi)
-    n0 = jnp.sum(mean * unit / err**2) / jnp.sum(unit**2 / err**2)
+    var = jnp.diag(err) if err.ndim == 2 else err**2
+    n0 = jnp.sum(mean * unit / var) / jnp.sum(unit**2 / var)
 
     def pl_unit(g):
         return resp @ powerlaw().structure.evaluate(jnp.stack([g, 1.0]), ch_lo, ch_hi)
@@ -683,18 +720,27 @@ def _average_fit(kind, mean, err, resp, ch_lo, ch_hi):
     return transform(u), jac @ cov @ jac.T, chi2
 
 
-def average_spectrum_fits(cxb_spectra, sigmas, response, ch_lo, ch_hi):
+def average_spectrum_fits(cxb_spectra, sigmas, response, ch_lo, ch_hi, covariances=None):
     r"""Section 5.3: the stacked CXB spectrum (soft component subtracted) fitted with a power
     law, the Gruber shape (free norm), the Gruber shape with free E_fold, and with free E_fold
-    and photon index.  Returns the stacked spectrum and one dict per model (chi-square fits)."""
+    and photon index.  Returns the stacked spectrum and one dict per model (chi-square fits).
+
+    The stack is the inverse-variance weighted mean per band; with ``covariances`` (one
+    band x band matrix per spectrum) its covariance :math:`\sum_i W_i C_i W_i` (band-to-band
+    correlations from the chip factors) is used in the chi-square."""
     y = np.asarray(cxb_spectra, float)
     s = np.asarray(sigmas, float)
     w = 1.0 / s**2
     mean = np.sum(w * y, axis=0) / np.sum(w, axis=0)
     err = 1.0 / np.sqrt(np.sum(w, axis=0))
     out = {"spectrum": mean, "spectrum_err": err}
+    errors = err
+    if covariances is not None:
+        frac = w / np.sum(w, axis=0)
+        errors = sum(np.outer(f, f) * c for f, c in zip(frac, covariances))
+        out["spectrum_err"] = np.sqrt(np.diag(errors))
     for kind, names in _AVERAGE_MODELS.items():
-        vals, cov, chi2 = _average_fit(kind, jnp.asarray(mean), jnp.asarray(err),
+        vals, cov, chi2 = _average_fit(kind, jnp.asarray(mean), jnp.asarray(errors),
                                        jnp.asarray(response), jnp.asarray(ch_lo),
                                        jnp.asarray(ch_hi))
         vals, cov = np.asarray(vals), np.asarray(cov)
@@ -876,6 +922,16 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
                                soft[mod.dataset]["shape"], soft_model=options.sci_soft_model,
                                shape_covariance=soft[mod.dataset].get("shape_covariance"))
         records.append((mod, stage, i, fit))
+    crossnorm = {}
+    for name in datasets:
+        pair = {r[0].fpm: r for r in records if r[0].dataset == name}
+        if set(pair) == {"FPMA", "FPMB"}:
+            spectra = []
+            for fpm in ("FPMA", "FPMB"):
+                mod, stage, i, _ = pair[fpm]
+                spectra.append((stage.n_apt[i], stage.band_covariance[i], responses[id(mod)]))
+            crossnorm[name] = fit_crossnorm(spectra[0], spectra[1], ch_lo, ch_hi,
+                                            soft[name]["shape"], options.sci_soft_model)
     tick("spectral fits (Table 4)")
 
     # one-step model
@@ -936,7 +992,8 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
             jnp.asarray(ch_lo), jnp.asarray(ch_hi), options.sci_soft_model))
         cxb_spectra.append(stage.n_apt[i] - soft_part)
     avg = average_spectrum_fits(cxb_spectra, [r[1].n_apt_err[r[2]] for r in records],
-                                np.mean([responses[id(m)] for m in modules], axis=0), ch_lo, ch_hi)
+                                np.mean([responses[id(m)] for m in modules], axis=0), ch_lo, ch_hi,
+                                covariances=[r[1].band_covariance[r[2]] for r in records])
     tick("combined flux, average spectrum")
 
     json_out = {"datasets": [], "combined": {}, "soft_component": {}, "average_spectrum": {},
@@ -995,6 +1052,7 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
             k: (float(v) if isinstance(v, (float, np.floating)) else v)
             for k, v in fit.items() if k not in ("shape", "shape_covariance")}
         json_out["soft_component"][name]["shape"] = [float(v) for v in fit["shape"]]
+    json_out["fpm_crossnorm"] = crossnorm
     json_out["average_spectrum"] = {k: v for k, v in avg.items()
                                     if k not in ("spectrum", "spectrum_err")}
     return {"json": _jsonable(json_out), "records": records, "soft": soft, "masks": masks,
