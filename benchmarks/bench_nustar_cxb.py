@@ -30,15 +30,18 @@ Sections
    deviation on the subset bands (target: within 10 %; the bootstrap sd of 10^4 replicas has a
    relative noise of 1/sqrt(2 (n - 1)) = 0.7 %), best fits Nelder-Mead vs Newton on all bands.
 4. ``nuts``: ``campaign_posterior`` (one-step model, 22 coefficients per module, all 12 modules
-   in one vectorised 2-chain NUTS run): a reduced run and the default 500 warm-up + 1000 draws;
-   bulk ESS per second of the 3-20 keV flux and its posterior sd against the *conditional*
+   in one vectorised 2-chain NUTS run): 5 + 5 (fixed cost) and 100 + 200 iterations measured,
+   the default 500 warm-up + 1000 draws extrapolated from them (~12 min on 2 cores; measure it
+   with ``--nuts 5:5,100:200,500:1000``); bulk ESS per second of the 3-20 keV flux and its
+   posterior sd against the *conditional*
    one-step Hessian error sqrt(cov[CXB, CXB]) x flux unit (the posterior holds the chip factors
    fixed; the one-step error in ``results["json"]`` adds their uncertainty).
 
 Writes ``benchmarks/results/nustar_cxb.json`` (``nustar_cxb_quick.json`` with ``--quick``).
 
-Run:  python benchmarks/bench_nustar_cxb.py           (~10-12 min on 2 CPU cores)
-      python benchmarks/bench_nustar_cxb.py --quick   (1 data set, few replicas, smoke run)
+Run:  python benchmarks/bench_nustar_cxb.py           (~7-9 min on 2 CPU cores)
+      python benchmarks/bench_nustar_cxb.py --quick   (1 data set, few replicas, no NUTS;
+                                                       ~40 s)
 """
 
 from __future__ import annotations
@@ -432,7 +435,7 @@ def bench_nuts(results, runs, seed):
 def main(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     p.add_argument("--quick", action="store_true",
-                   help="1 data set (40 bands), 200 subset / no all-band replicas, NUTS 5+5")
+                   help="1 data set (40 bands), 200 subset / no all-band replicas, no NUTS")
     p.add_argument("--ref-boot", type=int, default=None,
                    help="reference bootstrap replicas per subset band (10000; quick 200)")
     p.add_argument("--ref-boot-all", type=int, default=None,
@@ -443,7 +446,7 @@ def main(argv=None):
     p.add_argument("--nuts", default=None,
                    help="NUTS runs as warmup:draws,... (default 5:5,100:200, the full "
                         "500:1000 is extrapolated from them: ~15 min on 2 loaded cores; "
-                        "quick 5:5; 'none' to skip)")
+                        "quick: none; 'none' to skip)")
     p.add_argument("--out", default=None, help="result name (default nustar_cxb[_quick])")
     args = p.parse_args(argv)
     q = args.quick
@@ -452,7 +455,7 @@ def main(argv=None):
     ref_boot_all = args.ref_boot_all if args.ref_boot_all is not None else (0 if q else 100)
     repeat = args.repeat or (2 if q else 5)
     run_repeat = args.run_repeat or (1 if q else 3)
-    nuts_spec = args.nuts or ("5:5" if q else "5:5,100:200")
+    nuts_spec = args.nuts or ("none" if q else "5:5,100:200")
     nuts_runs = ([] if nuts_spec == "none"
                  else [tuple(int(v) for v in s.split(":")) for s in nuts_spec.split(",")])
     subset = ((0, 0), (1, 10), (0, 19)) if q else SUBSET
@@ -531,7 +534,8 @@ def main(argv=None):
         "bootstrap_speed_ratio_reference_over_bkgjax": ratio(ref_boot_band, bk_boot_band),
         "max_abs_error_ratio_minus_1": acc["max_abs_error_ratio_minus_1"],
         "error_target_met (within 10 %)": acc["errors_within_10_percent"],
-        "note": "reference full-campaign time is extrapolated (measured: 240 best fits, "
+        "note": "reference full-campaign time is extrapolated (measured: "
+                f"{n_mod * n_band} best fits, "
                 f"{ref_boot_all} replicas on every band, {ref_boot} on {len(subset)} bands); "
                 "bkgjax times are measured",
     }

@@ -48,9 +48,8 @@ __all__ = [
     "deviance_pvalue",
 ]
 
-# Step lengths tried by the line search (after clipping the step to stay inside the domain):
-# 1, 1/2, ..., 1/128.  Evaluating them together keeps the loop shape static (jit/vmap friendly).
-_ALPHAS = 2.0 ** -jnp.arange(8, dtype=jnp.float64)
+# Largest number of step halvings in the line search (2^-30 of the Newton step).
+_MAX_HALVINGS = 30
 
 
 class TemplateFit(NamedTuple):
@@ -158,14 +157,23 @@ def _newton(theta0, counts, templates, weight, free, max_iter, tol):
         shrinking = (weight > 0) & (dmu < 0)
         limit = jnp.min(jnp.where(shrinking, -mu / jnp.where(shrinking, dmu, -1.0), jnp.inf))
         scale = jnp.minimum(1.0, 0.99 * limit)
-        candidates = theta[None, :] + (scale * _ALPHAS)[:, None] * step[None, :]
-        values = jax.vmap(_kernel_flat, in_axes=(0, None, None, None))(candidates, counts,
-                                                                         templates, weight)
-        values = jnp.where(jnp.isfinite(values), values, -jnp.inf)
-        best = jnp.argmax(values)
-        improved = values[best] >= value
-        theta_new = jnp.where(improved, candidates[best], theta)
-        value_new = jnp.where(improved, values[best], value)
+        # Backtracking: try the (domain-limited) Newton step first and halve only while it
+        # does not improve ln L; the full step is accepted almost always, so this costs one
+        # likelihood evaluation per iteration.
+        def not_improved(ls):
+            alpha, val, k = ls
+            return ~(jnp.isfinite(val) & (val >= value)) & (k < _MAX_HALVINGS)
+
+        def halve(ls):
+            alpha, _, k = ls
+            alpha = 0.5 * alpha
+            return alpha, _kernel_flat(theta + alpha * step, counts, templates, weight), k + 1
+
+        first = _kernel_flat(theta + scale * step, counts, templates, weight)
+        alpha, trial, _ = jax.lax.while_loop(not_improved, halve, (scale, first, 0))
+        improved = jnp.isfinite(trial) & (trial >= value)
+        theta_new = jnp.where(improved, theta + alpha * step, theta)
+        value_new = jnp.where(improved, trial, value)
         done = (jnp.abs(decrement) < tol) | ~improved
         return theta_new, value_new, it + 1, done
 
@@ -273,7 +281,16 @@ def template_profile_bounds(counts, templates, mask, best: TemplateFit, index, d
             theta_next = jnp.where(ok, theta, theta_guess)
             return psi_next, theta_next, done | converged
 
-        psi, _, done = jax.lax.fori_loop(0, n_outer, body, (psi0, theta_hat, jnp.asarray(False)))
+        def outer_cond(state):
+            return (~state[2]) & (state[3] < n_outer)
+
+        def outer_body(state):
+            psi, theta_guess, done, it = state
+            psi, theta_guess, done = body(it, (psi, theta_guess, done))
+            return psi, theta_guess, done, it + 1
+
+        psi, _, done, _ = jax.lax.while_loop(
+            outer_cond, outer_body, (psi0, theta_hat, jnp.asarray(False), jnp.asarray(0)))
         return psi, done
 
     lower, ok_low = solve(-1.0)
