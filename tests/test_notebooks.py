@@ -80,16 +80,21 @@ def test_committed_without_outputs():
             assert cell.get("execution_count") is None
 
 
-def test_posterior_analysis_notebook():
-    _require_jupyter()
-    path = NOTEBOOKS / "posterior_analysis.ipynb"
+def _execute_checked(path):
+    """Execute a notebook; fail on any cell error; return (nb, seconds, outputs, text, images)."""
     nb, elapsed = _execute(path)
-
     outputs = list(_outputs(nb))
     errors = [o for o in outputs if o.get("output_type") == "error"]
     assert not errors, f"cell raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"
     text = "\n".join(_text(o) for o in outputs)
     images = [o for o in outputs if "image/png" in o.get("data", {})]
+    return nb, elapsed, outputs, text, images
+
+
+def test_posterior_analysis_notebook():
+    _require_jupyter()
+    path = NOTEBOOKS / "posterior_analysis.ipynb"
+    nb, elapsed, outputs, text, images = _execute_checked(path)
 
     assert "Spectrum used:" in text
     assert "r_hat" in text and "ess_bulk" in text          # arviz summary printed
@@ -130,13 +135,7 @@ def test_nustar_cxb_posterior_notebook(monkeypatch):
 
     _require_jupyter()
     monkeypatch.setenv("BKGJAX_NOTEBOOK_REDUCED", "1")  # inherited by the kernel process
-    nb, elapsed = _execute(NUSTAR_NOTEBOOK)
-
-    outputs = list(_outputs(nb))
-    errors = [o for o in outputs if o.get("output_type") == "error"]
-    assert not errors, f"cell raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"
-    text = "\n".join(_text(o) for o in outputs)
-    images = [o for o in outputs if "image/png" in o.get("data", {})]
+    nb, elapsed, outputs, text, images = _execute_checked(NUSTAR_NOTEBOOK)
     # Omega maps, SCI/OCC images, aperture spectrum, Fig. 8, trace, posterior, pair, forest,
     # hierarchical scatter
     assert len(images) >= 10, f"expected >= 10 figures, got {len(images)}"
