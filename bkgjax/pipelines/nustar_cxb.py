@@ -59,7 +59,6 @@ __all__ = [
     "PAPER_SOFT_SHAPE",
     "HEAO1_FLUX_3_20",
     "INTEGRAL_FLUX_3_20",
-    "RXTE_FLUX_3_20",
     "campaign_from_cubes",
     "channel_grid",
     "band_membership",
@@ -88,7 +87,6 @@ PAPER_SOFT_SHAPE = {"PhoIndx1": 5.0, "BreakE": 4.8, "PhoIndx2": 0.9}
 #: Reference 3-20 keV CXB fluxes (erg/s/cm^2/deg^2), section 5.1 and Fig. 8.
 HEAO1_FLUX_3_20 = 2.61e-11
 INTEGRAL_FLUX_3_20 = 2.88e-11
-RXTE_FLUX_3_20 = None  # plotted from the paper's Fig. 8 only when a value is supplied
 #: 1 mCrab in 3-20 keV (footnote 3): the conservative S_max of eq. (4).
 MCRAB_3_20 = 2.5e-11
 
@@ -261,9 +259,8 @@ def detect_dead_pixels(counts, expected_floor=20.0):
     """
     total = np.asarray(counts).reshape(-1, 4, 32, 32).sum(axis=0)
     live = total > 0
-    if np.median(total[live]) >= expected_floor if live.any() else False:
-        return ~live
-    return np.zeros_like(live)
+    deep_enough = live.any() and np.median(total[live]) >= expected_floor
+    return ~live if deep_enough else np.zeros_like(live)
 
 
 def pixel_mask(geometry, counts_list, mask_chip_edges=False):
