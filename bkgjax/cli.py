@@ -5,6 +5,8 @@
   stray-light CXB pipeline on them and prints a Table-4-like summary.
 * ``bkgjax nustar-cxb CONFIG.toml --out DIR``: the same pipeline on the user's event files.
 * ``bkgjax fit-spectrum PHA``: one OGIP spectrum (core engine).
+* ``bkgjax detect --counts C --background B --exposure E --out CAT``: NuSTAR deep-survey
+  source detection (Zhao et al. 2021, nustar_nep_survey_detection.txt, section 3.2).
 * ``bkgjax demo-spectrum``: the core engine on the shipped Chandra ACIS spectrum of DG Tau
   (C-stat/W-stat fits, profile errors, NUTS posterior).
 """
@@ -305,6 +307,41 @@ def _demo(args) -> int:
     return 0
 
 
+def _detect(args) -> int:
+    from .instruments.nustar_survey import band_info, paper_thresholds
+    from .io import BkgjaxIOError
+    from .io.images import read_survey_images, read_thresholds
+    from .pipelines.survey_detection import detect
+
+    t0 = time.perf_counter()
+    try:
+        band = band_info(args.band).name
+        images = read_survey_images(args.counts, args.background, args.exposure)
+        thresholds = None
+        if args.thresholds == "paper":
+            thresholds = paper_thresholds()
+        elif args.thresholds:
+            thresholds = read_thresholds(args.thresholds)
+        table = detect(images, band, thresholds=thresholds, reliability=args.reliability)
+    except (BkgjaxIOError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    fmt = "ascii.ecsv" if args.out.lower().endswith(".ecsv") else "fits"
+    out_dir = os.path.dirname(os.path.abspath(args.out))
+    os.makedirs(out_dir, exist_ok=True)
+    table.write(args.out, format=fmt, overwrite=True)
+    n = len(table)
+    line = (f"{args.counts}: {n} detection(s) in {band} keV with P_false <= "
+            f"10^{table.meta['LOGPTHR']:g}")
+    if n:
+        line += f", DET_ML {min(table['DET_ML']):.1f}-{max(table['DET_ML']):.1f}"
+    if "RELIABLE" in table.colnames:
+        line += f"; {int(sum(table['RELIABLE']))} above the {args.reliability} % threshold"
+    print(line)
+    print(f"wrote {args.out} ({time.perf_counter() - t0:.1f} s)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkgjax",
@@ -355,11 +392,24 @@ def main(argv=None) -> int:
     fs.add_argument("--starts", type=int, default=1, help="multistart: number of starts")
     fs.add_argument("--json", default=None, help="write the result as JSON here")
 
+    det = sub.add_parser("detect", help="NuSTAR deep-survey source detection (catalogue)")
+    det.add_argument("--counts", required=True, help="counts image (FITS)")
+    det.add_argument("--background", required=True, help="background image, counts/pixel")
+    det.add_argument("--exposure", required=True, help="exposure image, s")
+    det.add_argument("--band", default="3-24", help="3-24, 3-8, 8-24, 8-16 or 16-24 (keV)")
+    det.add_argument("--thresholds", default=None,
+                     help="DET_ML threshold table (ECSV: band, exp_min_ks, exp_max_ks, "
+                          "det_ml_95, det_ml_99) or 'paper' for Zhao et al. 2021 Table 2")
+    det.add_argument("--reliability", type=int, choices=(95, 99), default=95)
+    det.add_argument("--out", required=True, help="catalogue (.fits, or .ecsv)")
+
     args = parser.parse_args(argv)
     if args.command == "demo":
         return _demo(args)
     if args.command == "nustar-cxb":
         return _nustar_cxb(args)
+    if args.command == "detect":
+        return _detect(args)
     if args.command == "demo-spectrum":
         return _demo_spectrum(args)
     return _fit_spectrum(args)
