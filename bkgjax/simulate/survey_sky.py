@@ -1,0 +1,275 @@
+r"""Mock NuSTAR deep-survey skies (Zhao et al. 2021, nustar_nep_survey_detection.txt, sec. 3.1),
+in JAX: jittable and vmappable over PRNG keys.
+
+Recipe (paper section 3.1, after Civano et al. 2015):
+
+1. Fluxes drawn from a logN-logS (:class:`LogNLogS`) down to 3e-15 erg cm^-2 s^-1 in 3-24 keV,
+   positions uniform over the exposed pixels (exposure > 0).
+2. Band fluxes from the 3-24 keV flux for an absorbed power law with Gamma = 1.8
+   (:func:`band_flux_ratio`).  The paper includes Galactic N_H = 3.4e20 cm^-2; above 3 keV its
+   photo-electric optical depth is < 1e-3, so it is neglected here (pure power law).
+3. Source counts = band flux / CF x exposure at the source position, with CF from
+   :func:`bkgjax.instruments.nustar_survey.band_info`.  Consistency with
+   :func:`bkgjax.pipelines.survey_detection.detect`: there FLUX = (aperture net counts /
+   exposure) x CF / 0.32, i.e. the fluxes are *total* fluxes and CF converts a total count rate
+   to a total flux; hence ``flux / CF * exposure`` are the *total* PSF counts of the source,
+   of which EEF(20") = 0.32 fall in the 20" aperture.
+4. The expected counts are splatted bilinearly onto the pixel grid (continuous positions;
+   the bilinear weights broaden the PSF by < 1 pixel, negligible against its 58" HPD) and
+   convolved (FFT, zero padding, no wrap-around) with a PSF kernel image: the PSF sampled at
+   pixel centres within ``psf_radius_arcsec`` (default 150", EEF = 0.97 for the default King
+   PSF) and scaled so that its sum equals EEF(psf_radius): the 3 % of the counts in the wings
+   beyond the truncation radius are dropped, so that the 20" aperture still holds 32 % of the
+   total counts as assumed by the aperture correction.  Source counts falling on pixels with
+   zero exposure (or off the image) are lost.
+5. Plus the background map (counts per pixel), optionally rescaled
+   (``match_total_counts``): the paper adds fCXB counts so that the simulated maps have the
+   observed total number of counts; here the whole background map is scaled by
+   :math:`\max(C_\mathrm{target} - \sum \mathrm{sources}, 0) / \sum \mathrm{background}`
+   (sums over the exposed pixels) - a simplification of rescaling only the fCXB component.
+6. Poisson realisation; zero-exposure pixels are 0.
+
+The logN-logS (:class:`LogNLogS`): the paper draws fluxes from the Treister, Urry & Virani
+(2009, ApJ 696, 110) population-synthesis counts but quotes no numbers, and that paper's
+tables are not available here.  We adopt a broken power law in integral form,
+
+.. math:: N(>S) = K\,(S/S_b)^{-\alpha_1}\ (S \ge S_b),\qquad
+          N(>S) = K\,(S/S_b)^{-\alpha_2}\ (S < S_b)\quad [\mathrm{deg}^{-2}],
+
+with (3-24 keV) :math:`S_b = 1.47\times10^{-14}` erg cm^-2 s^-1, :math:`K = 300` deg^-2,
+:math:`\alpha_1 = 1.5` (Euclidean bright end) and :math:`\alpha_2 = 1.0`.  These are a
+two-slope fit to the 2-10 keV AGN counts of Moretti et al. (2003, ApJ 588, 696; N(>2e-15) =
+1500, N(>1e-14) = 300, N(>1e-13) = 11, N(>1e-12) = 0.3 deg^-2), which the Treister et al.
+(2009) model reproduces to ~20 %, moved to 3-24 keV with the Gamma = 1.8 factor
+F(3-24)/F(2-10) = 1.473 (break 1.0e-14 in 2-10 keV).  This gives N(>3e-15) = 1470 deg^-2 in
+3-24 keV.  Replace by the Treister et al. tables when they are at hand.
+
+.. warning:: The Moretti et al. numbers above were not checked against the paper in this
+   repository (no copy is available here); treat this logN-logS as a provisional stand-in
+   until it is validated (issue 4).
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+from typing import NamedTuple
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+from scipy import stats as _sstats
+
+from ..instruments import nustar_survey as ns
+
+__all__ = [
+    "LogNLogS",
+    "TREISTER09_APPROX",
+    "PHOTON_INDEX",
+    "band_flux_ratio",
+    "psf_kernel",
+    "fft_convolve_same",
+    "SkyCatalogue",
+    "simulate_sky",
+]
+
+PHOTON_INDEX = 1.8
+"""Photon index of the spectral model used for band conversions and the CFs (paper sec. 3.1)."""
+
+
+@dataclass(frozen=True)
+class LogNLogS:
+    """Broken power-law integral counts N(>S) in deg^-2 (module docstring for the values).
+
+    ``s_break`` and ``s_min`` in erg cm^-2 s^-1 in the band ``band`` (default 3-24 keV);
+    ``norm`` = N(>s_break); ``alpha_bright`` / ``alpha_faint`` the integral slopes above /
+    below the break.
+    """
+
+    s_break: float = 1.47e-14
+    norm: float = 300.0
+    alpha_bright: float = 1.5
+    alpha_faint: float = 1.0
+    s_min: float = 3e-15
+    band: str = "3-24"
+
+    def __post_init__(self):
+        if not (self.s_break > 0 and self.norm > 0 and self.s_min > 0
+                and self.alpha_bright > 0 and self.alpha_faint > 0):
+            raise ValueError(f"LogNLogS parameters must be positive, got {self}")
+
+    def n_above(self, s):
+        """N(>s) in deg^-2 (JAX; works on arrays)."""
+        s = jnp.asarray(s, dtype=jnp.float64)
+        alpha = jnp.where(s >= self.s_break, self.alpha_bright, self.alpha_faint)
+        return self.norm * (s / self.s_break) ** (-alpha)
+
+    def flux_for_n(self, n):
+        """Inverse of :meth:`n_above`: the flux S with N(>S) = n (n > 0)."""
+        n = jnp.asarray(n, dtype=jnp.float64)
+        alpha = jnp.where(n <= self.norm, self.alpha_bright, self.alpha_faint)
+        return self.s_break * (n / self.norm) ** (-1.0 / alpha)
+
+    def cdf(self, s):
+        """P(S' <= s) of the source fluxes above ``s_min`` (for tests / KS)."""
+        s = jnp.maximum(jnp.asarray(s, dtype=jnp.float64), self.s_min)
+        return 1.0 - self.n_above(s) / self.n_above(self.s_min)
+
+    def expected_number(self, area_deg2):
+        """Mean number of sources above ``s_min`` on ``area_deg2``."""
+        return float(self.n_above(self.s_min)) * float(area_deg2)
+
+    def check_max_sources(self, area_deg2, max_sources, tail_probability=1e-9):
+        """Raise ``ValueError`` unless P(Poisson(N(>s_min) area) > max_sources) <
+        ``tail_probability``: the documented check against the truncation in
+        :meth:`sample_fluxes` (which cannot raise inside jit)."""
+        mu = self.expected_number(area_deg2)
+        tail = float(_sstats.poisson.sf(int(max_sources), mu))
+        if tail >= tail_probability:
+            need = int(_sstats.poisson.isf(tail_probability, mu)) + 1
+            raise ValueError(f"max_sources={max_sources} too small: mean {mu:.1f} sources on "
+                             f"{area_deg2:.4g} deg^2, P(N > max_sources) = {tail:.2g}; use "
+                             f">= {need}")
+        return tail
+
+    def sample_fluxes(self, key, area_deg2, max_sources: int):
+        """(fluxes, valid, n_drawn): ``max_sources`` fluxes by inverse-CDF sampling, of which
+        the first ``min(N, max_sources)`` are valid, N ~ Poisson(N(>s_min) x area).  Beyond
+        ``max_sources`` sources are silently dropped (check with :meth:`check_max_sources`;
+        :func:`simulate_sky` also reports the drawn number).  Invalid entries hold fluxes too
+        (never NaN) but must be ignored.  Returns (fluxes, valid, n_drawn)."""
+        k_n, k_s = jax.random.split(key)
+        mu = self.n_above(self.s_min) * jnp.asarray(area_deg2, dtype=jnp.float64)
+        n = jax.random.poisson(k_n, mu, dtype=jnp.int32)
+        u = 1.0 - jax.random.uniform(k_s, (max_sources,), dtype=jnp.float64)  # (0, 1]
+        fluxes = self.flux_for_n(u * self.n_above(self.s_min))
+        valid = jnp.arange(max_sources) < n
+        return fluxes, valid, n
+
+
+TREISTER09_APPROX = LogNLogS()
+"""The default broken power-law approximation (module docstring)."""
+
+
+def band_flux_ratio(band: str, reference: str = "3-24", photon_index: float = PHOTON_INDEX):
+    r"""F(band)/F(reference) of a power law :math:`N(E)\propto E^{-\Gamma}` (energy flux
+    :math:`\propto \int E^{1-\Gamma}dE`); Galactic absorption neglected above 3 keV."""
+    b, r = ns.band_info(band), ns.band_info(reference)
+
+    def f(lo, hi):
+        if abs(photon_index - 2.0) < 1e-12:
+            return math.log(hi / lo)
+        p = 2.0 - photon_index
+        return (hi**p - lo**p) / p
+
+    return f(b.emin_kev, b.emax_kev) / f(r.emin_kev, r.emax_kev)
+
+
+def psf_kernel(pixel_scale_arcsec: float, psf=None, radius_arcsec: float = 150.0) -> np.ndarray:
+    """PSF image (2k+1)^2, k = ceil(radius/scale): the PSF at pixel centres within
+    ``radius_arcsec``, scaled so that its sum is EEF(radius_arcsec)."""
+    psf = psf or ns.DEFAULT_PSF
+    k = int(math.ceil(radius_arcsec / pixel_scale_arcsec))
+    yy, xx = np.mgrid[-k:k + 1, -k:k + 1]
+    r = np.hypot(xx, yy) * pixel_scale_arcsec
+    img = np.where(r <= radius_arcsec, psf.psf_profile(r), 0.0)
+    return img * (float(psf.encircled_fraction(radius_arcsec)) / img.sum())
+
+
+def fft_convolve_same(image, kernel):
+    """Linear (zero-padded, no wrap) 2-D convolution of ``image`` with an odd-sized
+    ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (FFT; float round-off)."""
+    image = jnp.asarray(image, dtype=jnp.float64)
+    kernel = jnp.asarray(kernel, dtype=jnp.float64)
+    h, w = image.shape
+    kh, kw = kernel.shape
+    fh, fw = h + kh - 1, w + kw - 1
+    spec = jnp.fft.rfft2(image, (fh, fw)) * jnp.fft.rfft2(kernel, (fh, fw))
+    full = jnp.fft.irfft2(spec, (fh, fw))
+    return full[(kh - 1) // 2:(kh - 1) // 2 + h, (kw - 1) // 2:(kw - 1) // 2 + w]
+
+
+class SkyCatalogue(NamedTuple):
+    """Input catalogue of one mock sky (arrays of length ``max_sources``): x, y (0-based
+    pixels), flux (3-24 keV or the logN-logS band, erg cm^-2 s^-1, total), band_flux (in the
+    simulated band), exposure (s, at the source pixel), counts (expected total PSF counts),
+    valid, and n_drawn (Poisson number drawn, > max_sources means truncation)."""
+
+    x: jax.Array
+    y: jax.Array
+    flux: jax.Array
+    band_flux: jax.Array
+    exposure: jax.Array
+    counts: jax.Array
+    valid: jax.Array
+    n_drawn: jax.Array
+
+
+def _splat_bilinear(shape, x, y, w):
+    """Bilinear scatter-add of weights ``w`` at continuous (x, y) onto an image."""
+    h, wd = shape
+    x0 = jnp.floor(x)
+    y0 = jnp.floor(y)
+    fx, fy = x - x0, y - y0
+    img = jnp.zeros(shape, dtype=jnp.float64)
+    for dx, dy, ww in ((0, 0, (1 - fx) * (1 - fy)), (1, 0, fx * (1 - fy)),
+                       (0, 1, (1 - fx) * fy), (1, 1, fx * fy)):
+        ix = x0.astype(jnp.int32) + dx
+        iy = y0.astype(jnp.int32) + dy
+        inside = (ix >= 0) & (ix < wd) & (iy >= 0) & (iy < h)
+        img = img.at[jnp.clip(iy, 0, h - 1), jnp.clip(ix, 0, wd - 1)].add(
+            jnp.where(inside, w * ww, 0.0))
+    return img
+
+
+def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
+                 lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0):
+    """Expected counts image (sources + possibly rescaled background) and the input catalogue
+    of one mock sky; :func:`simulate_sky` without the Poisson step."""
+    exposure = jnp.asarray(exposure, dtype=jnp.float64)
+    background = jnp.asarray(background, dtype=jnp.float64)
+    good = exposure > 0
+    shape = exposure.shape
+    k_flux, k_pix, k_off = jax.random.split(key, 3)
+    pix_area_deg2 = (pixel_scale_arcsec / 3600.0) ** 2
+    area = jnp.sum(good) * pix_area_deg2
+    flux, valid, n = lognlogs.sample_fluxes(k_flux, area, max_sources)
+    band_flux = flux * band_flux_ratio(band, lognlogs.band)
+    logits = jnp.where(good.ravel(), 0.0, -jnp.inf)
+    pix = jax.random.categorical(k_pix, logits, shape=(max_sources,))
+    iy, ix = pix // shape[1], pix % shape[1]
+    off = jax.random.uniform(k_off, (2, max_sources), dtype=jnp.float64, minval=-0.5,
+                             maxval=0.5)
+    x = ix + off[0]
+    y = iy + off[1]
+    expo = exposure[iy, ix]
+    cf = ns.band_info(band).cf
+    counts = jnp.where(valid, band_flux / cf * expo, 0.0)
+    point = _splat_bilinear(shape, x, y, counts)
+    kernel = psf_kernel(pixel_scale_arcsec, psf, psf_radius_arcsec)
+    src = jnp.where(good, jnp.maximum(fft_convolve_same(point, kernel), 0.0), 0.0)
+    bkg = jnp.where(good, background, 0.0)
+    if match_total_counts is not None:
+        scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum(), 0.0) \
+            / jnp.maximum(bkg.sum(), 1e-300)
+        bkg = bkg * scale
+    cat = SkyCatalogue(x, y, flux, band_flux, expo, counts, valid, n)
+    return src + bkg, cat
+
+
+def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
+                 lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0):
+    """One mock sky (module docstring): ``(counts image, SkyCatalogue)``.
+
+    ``pixel_scale_arcsec``, ``band``, ``lognlogs``, ``psf``, ``max_sources`` and
+    ``psf_radius_arcsec`` are static (Python values) under jit; ``key``, ``exposure``,
+    ``background`` and ``match_total_counts`` may be traced (vmap over ``key``).
+    """
+    k_sky, k_poisson = jax.random.split(key)
+    lam, cat = expected_sky(k_sky, exposure, background, pixel_scale_arcsec, band, lognlogs,
+                            psf, max_sources, match_total_counts, psf_radius_arcsec)
+    counts = jax.random.poisson(k_poisson, lam).astype(jnp.float64)
+    counts = jnp.where(jnp.asarray(exposure) > 0, counts, 0.0)
+    return counts, cat
