@@ -69,15 +69,19 @@ def _text(output) -> str:
     return "".join(str(data.get(k, "")) for k in ("text/plain", "text/markdown", "text/html"))
 
 
-def test_committed_without_outputs():
-    nbformat = pytest.importorskip("nbformat")
-    path = NOTEBOOKS / "posterior_analysis.ipynb"
-    nb = nbformat.read(path, as_version=4)
+def _assert_committed_clean(nb):
+    """The committed notebook uses the python3 kernel and carries no outputs."""
     assert nb.metadata["kernelspec"]["name"] == "python3"
     for cell in nb.cells:
         if cell.cell_type == "code":
             assert not cell.get("outputs"), "commit the notebook with outputs cleared"
             assert cell.get("execution_count") is None
+
+
+def test_committed_without_outputs():
+    nbformat = pytest.importorskip("nbformat")
+    path = NOTEBOOKS / "posterior_analysis.ipynb"
+    _assert_committed_clean(nbformat.read(path, as_version=4))
 
 
 def _execute_checked(path):
@@ -126,11 +130,7 @@ def test_nustar_cxb_posterior_notebook(monkeypatch):
     (``BKGJAX_NOTEBOOK_REDUCED=1``: 2 data sets, 8 bands, short chains; about a minute)."""
     nbformat = pytest.importorskip("nbformat")
     committed = nbformat.read(NUSTAR_NOTEBOOK, as_version=4)
-    assert committed.metadata["kernelspec"]["name"] == "python3"
-    for cell in committed.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs"), "commit the notebook with outputs cleared"
-            assert cell.get("execution_count") is None
+    _assert_committed_clean(committed)
     assert any("parameters" in c.metadata.get("tags", []) for c in committed.cells)
 
     _require_jupyter()

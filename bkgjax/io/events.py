@@ -35,7 +35,7 @@ from astropy.io.fits.verify import VerifyWarning
 from .errors import BkgjaxIOError
 from .ogip import _column_names, _hdu_label, _open_fits, _readonly, _resolve_input_path
 
-__all__ = ["EventList", "read_nustar_events", "write_nustar_events"]
+__all__ = ["EventList", "positive_seconds", "read_nustar_events", "write_nustar_events"]
 
 _INSTRUMENTS = ("FPMA", "FPMB")
 _HEADER_KEYS = ("TELESCOP", "OBS_ID", "DATE-OBS", "OBSMODE")
@@ -133,7 +133,7 @@ def _int_column(ext: fits.BinTableHDU, col: str, where: str) -> np.ndarray:
     raise BkgjaxIOError(f"{where}: column {col} has non-numeric type {a.dtype}")
 
 
-def _positive_seconds(value, what):
+def positive_seconds(value, what):
     """``float(value)`` if finite and > 0, else BkgjaxIOError naming ``what``."""
     try:
         seconds = float(value)
@@ -200,7 +200,7 @@ def _read_nustar_events(fname: str, max_grade: int | None) -> EventList:
         if exp_raw is None:
             raise BkgjaxIOError(f"{where}: keyword EXPOSURE is missing (neither in the EVENTS nor in the "
                                 "primary header)")
-        exposure = _positive_seconds(exp_raw, f"{where}: keyword EXPOSURE")
+        exposure = positive_seconds(exp_raw, f"{where}: keyword EXPOSURE")
 
         data = {c: _int_column(ext, cols[c], where) for c in _REQUIRED}
         for c, lo, hi in _RANGES:
@@ -312,7 +312,7 @@ def write_nustar_events(path, *, instrument, exposure, det_id, rawx, rawy, pi, g
     inst = str(instrument).strip().upper()
     if inst not in _INSTRUMENTS:
         raise BkgjaxIOError(f"<in-memory data>: instrument {instrument!r} is not one of {_INSTRUMENTS}")
-    exposure = _positive_seconds(exposure, "<in-memory data>: exposure")
+    exposure = positive_seconds(exposure, "<in-memory data>: exposure")
 
     det = _as_int_input(det_id, "det_id", None)
     n = det.shape[0]

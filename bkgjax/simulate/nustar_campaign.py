@@ -843,12 +843,9 @@ def simulate_events(seed, geometry, truth: CampaignTruth | None, exposure_s: flo
     random order).
     """
     truth = CampaignTruth() if truth is None else truth
-    try:
-        t = float(exposure_s)
-    except (TypeError, ValueError) as exc:
-        raise ValueError(f"exposure_s must be a number (got {exposure_s!r})") from exc
-    if not (math.isfinite(t) and t > 0):
-        raise ValueError(f"exposure_s must be finite and > 0 s (got {exposure_s!r})")
+    from ..io.events import positive_seconds
+
+    t = positive_seconds(exposure_s, "exposure_s")  # a ValueError (BkgjaxIOError) otherwise
     pi, rates = expected_rates(geometry, truth, occulted=bool(occulted))
     return _events_from_rates(_rng(seed), pi, rates, t)
 
