@@ -229,9 +229,9 @@ def _run_nustar_pipeline(config, out, overrides, *, quiet=False):
 
     datasets, analysis = nustar_config.read_config(config)
     options = nustar_config.options_from_config(analysis, config, **overrides)
-    n_files = nustar_config.count_files(config)
+    n_files = sum(len(d["sci"]) + len(d["occ"]) for d in datasets)
     with tqdm(total=n_files, desc="reading event files", unit="file", disable=quiet) as bar:
-        campaign, options = nustar_config.load_campaign(config, options, progress=bar)
+        campaign = nustar_config.bin_campaign(datasets, options, progress=bar)
     stages = ["flat background maps (OCC 10-20 keV)", "pixel model, SCI", "pixel model, OCC",
               "soft component (OCC spectra)", "spectral fits (Table 4)", "one-step model",
               "combined flux, average spectrum"]

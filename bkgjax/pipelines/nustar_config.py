@@ -29,7 +29,7 @@ from ..io.events import read_nustar_events
 from ..instruments import nustar
 from .nustar_cxb import AnalysisOptions, Campaign, ModuleData
 
-__all__ = ["ConfigError", "read_config", "load_campaign", "options_from_config"]
+__all__ = ["ConfigError", "read_config", "load_campaign", "bin_campaign", "options_from_config"]
 
 
 class ConfigError(ValueError):
@@ -144,6 +144,11 @@ def load_campaign(config_path, options: AnalysisOptions | None = None, *, progre
     datasets, analysis = read_config(config_path)
     if options is None:
         options = options_from_config(analysis, config_path)
+    return bin_campaign(datasets, options, progress=progress), options
+
+
+def bin_campaign(datasets, options: AnalysisOptions, *, progress=None) -> Campaign:
+    """Bin the event files of parsed data sets (:func:`read_config`) into a Campaign."""
     e_lo, e_hi = nustar.energy_bands(options.e_min, options.e_max, options.n_bands)
     modules = []
     for entry in datasets:
@@ -170,10 +175,4 @@ def load_campaign(config_path, options: AnalysisOptions | None = None, *, progre
         if orphan:
             raise ConfigError(f"data set {name!r}: OCC files for {sorted(orphan)} but no SCI "
                               "files for that module")
-    return Campaign(e_lo, e_hi, tuple(modules)), options
-
-
-def count_files(config_path) -> int:
-    """Number of event files named in a configuration (for progress bars)."""
-    datasets, _ = read_config(config_path)
-    return sum(len(d["sci"]) + len(d["occ"]) for d in datasets)
+    return Campaign(e_lo, e_hi, tuple(modules))

@@ -74,6 +74,7 @@ __all__ = [
     "fit_crossnorm",
     "combine_fluxes",
     "average_spectrum_fits",
+    "one_step_parts",
     "one_step_templates",
     "fit_one_step",
     "run_analysis",
@@ -342,22 +343,33 @@ def flat_from_occultation(geometry, occ_counts_10_20, occ_exposure, mask, rpix=1
 _CHIP_OF_PIXEL = np.repeat(np.arange(4), 32 * 32).reshape(4, 32, 32)
 
 
-def _gradient_wrt_theta(theta, factors, counts, other_templates, exposure, mask):
-    """Gradient of ln L in theta for templates [factors[chip] * T, *other_templates]."""
-    flat = factors[_CHIP_OF_PIXEL] * exposure
-    templates = jnp.concatenate([flat[None], other_templates], axis=0)
+def _score_with_factors(theta, factors, counts, other_templates, flat_exposure, mask,
+                        per_band):
+    """Score (gradient of ln L in theta) when the flat templates are built from chip factors:
+    ``factors[chip] * T`` first (one per band, each non-zero in its own band, when
+    ``per_band``; counts then [nb, 4, 32, 32]), followed by ``other_templates``."""
+    flat = factors[_CHIP_OF_PIXEL] * flat_exposure
+    if per_band:
+        n_bands = counts.shape[0]
+        flats = jnp.eye(n_bands)[:, :, None, None, None] * flat[None, None]
+    else:
+        flats = flat[None]
+    templates = jnp.concatenate([flats, other_templates], axis=0)
     mu = jnp.tensordot(theta, templates, axes=1)
+    mask = jnp.broadcast_to(mask, mu.shape)
     safe = jnp.where(mask & (mu > 0), mu, 1.0)
     resid = jnp.where(mask, counts / safe - 1.0, 0.0)
     return jnp.tensordot(templates, resid, axes=resid.ndim)
 
 
-@jax.jit
-def _flat_sensitivity(theta, covariance, factors, counts, other_templates, exposure, mask):
+@partial(jax.jit, static_argnames=("per_band",))
+def _flat_sensitivity(theta, covariance, factors, counts, other_templates, flat_exposure, mask,
+                      per_band=False):
     r""":math:`d\hat\theta/df` for chip factors f (implicit function theorem):
-    :math:`\partial_f \hat\theta = (-H)^{-1} \partial_f g`, with g the score."""
-    dg_df = jax.jacfwd(_gradient_wrt_theta, argnums=1)(theta, factors, counts, other_templates,
-                                                        exposure, mask)
+    :math:`\partial_f \hat\theta = (-H)^{-1} \partial_f g`, with g the score and
+    :math:`(-H)^{-1}` the fit's covariance."""
+    dg_df = jax.jacfwd(_score_with_factors, argnums=1)(
+        theta, factors, counts, other_templates, flat_exposure, mask, per_band)
     return covariance @ dg_df
 
 
@@ -391,6 +403,12 @@ def _band_flat_sensitivity(stage, i, factors, exposure):
     return np.asarray(sens[:, -1, :])
 
 
+@partial(jax.jit, static_argnames=("n_boot",))
+def _bootstrap_bands(keys, best, templates, mask, n_boot):
+    return jax.vmap(lambda k, b, t: bootstrap_templates(k, b, t, mask, n_boot))(
+        keys, best, templates)
+
+
 def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed=0):
     """Fit eq. (2)-(3) for a stack of modules in one compiled, vmapped call.
 
@@ -419,15 +437,15 @@ def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed
         lower, upper = np.asarray(lo), np.asarray(hi)
     boot_err = None
     if bootstrap:
+        # one compiled call per module, vmapped over its bands (the bootstrap itself processes
+        # replicas in bounded batches)
         boot_err = np.zeros_like(n_apt)
-        key = jax.random.key(seed)
-        run = jax.jit(bootstrap_templates, static_argnames=("n_boot",))
+        keys = jax.random.split(jax.random.key(seed), counts.shape[0] * counts.shape[1])
+        keys = keys.reshape(counts.shape[:2])
         for i in range(counts.shape[0]):
-            for b in range(counts.shape[1]):
-                key, sub = jax.random.split(key)
-                best = jax.tree_util.tree_map(lambda x: x[i, b], fits)
-                samples = run(sub, best, templates[i, b], masks[i], n_boot=bootstrap)
-                boot_err[i, b] = float(np.std(np.asarray(samples[:, -1]), ddof=1))
+            best = jax.tree_util.tree_map(lambda x: x[i], fits)
+            samples = _bootstrap_bands(keys[i], best, templates[i], masks[i], n_boot=bootstrap)
+            boot_err[i] = np.std(np.asarray(samples[:, :, -1]), axis=1, ddof=1)
     return PixelStage(n_apt, n_apt_err, n_bkg, n_bkg_err, lower, upper, np.asarray(fits.cstat),
                       np.asarray(fits.n_pixels), np.asarray(fits.converged), fits,
                       np.asarray(templates), np.asarray(counts), np.asarray(masks), boot_err)
@@ -755,14 +773,17 @@ def average_spectrum_fits(cxb_spectra, sigmas, response, ch_lo, ch_hi, covarianc
 # One-step model: CXB parameters straight from the band x pixel cube
 
 
-def one_step_templates(geometry, e_lo, e_hi, exposure, flat, soft_shape, rpix=1.0,
-                       soft_model="powerlaw"):
-    r"""Templates for the one-step fit of one module: [n_bands + 2, n_bands, 4, 32, 32].
+def one_step_parts(geometry, e_lo, e_hi, exposure, flat, soft_shape, rpix=1.0,
+                   soft_model="powerlaw"):
+    r"""Structured pieces of the one-step model of one module.
 
-    Coefficients: :math:`N_\mathrm{bkg,b}` for every band (template :math:`M T` in band b only),
-    then the CXB norm (Gruber eq. 1, relative to HEAO-1) and the soft-component norm (fixed
-    shape).  The aperture templates use the exact per-chip response
-    :math:`\sum_{j\in b} f_j T_c(E_j)` instead of a band-averaged efficiency.
+    ``flat`` [4, 32, 32]: :math:`M T` (counts per unit :math:`N_\mathrm{bkg,b}`);
+    ``geometry`` [4, 32, 32]: :math:`a R_\mathrm{pix} \Omega T` (cm^2 deg^2 s);
+    ``cxb_band``, ``soft_band`` [n_bands, 4]: :math:`\sum_{j\in b} f_j T_c(E_j)` for the CXB
+    (norm 1, Gruber eq. 1) and the soft component (norm 1, fixed shape), i.e. the exact
+    per-chip band response instead of a band-averaged efficiency.  The expected counts are
+    :math:`N_\mathrm{bkg,b}\,\mathrm{flat} + (C_\mathrm{CXB}\,\mathrm{cxb\_band}_{b,c} +
+    C_\mathrm{soft}\,\mathrm{soft\_band}_{b,c})\,\mathrm{geometry}` (:func:`one_step_mean`).
     """
     ch_lo, ch_hi = channel_grid(e_lo, e_hi)
     member = band_membership(e_lo, e_hi)
@@ -770,14 +791,21 @@ def one_step_templates(geometry, e_lo, e_hi, exposure, flat, soft_shape, rpix=1.
     cxb = np.asarray(_cxb_photons(1.0, 41.13, jnp.asarray(ch_lo), jnp.asarray(ch_hi)))
     soft = np.asarray(_sci_soft_photons(jnp.asarray(soft_shape, jnp.float64), 1.0,
                                         jnp.asarray(ch_lo), jnp.asarray(ch_hi), soft_model))
-    geom = nustar.PIXEL_AREA_CM2 * rpix * np.asarray(geometry.omega) * exposure  # [4,32,32]
-    cxb_band = (member * cxb) @ trans.T  # [nb, 4] photons/s/cm^2/deg^2 detected per chip
-    soft_band = (member * soft) @ trans.T
-    n_bands = len(e_lo)
     flat = np.ones((4, 32, 32)) if flat is None else np.asarray(flat)
-    flats = np.eye(n_bands)[:, :, None, None, None] * (flat * exposure)[None, None]
-    cxb_t = cxb_band[:, :, None, None] * geom[None]
-    soft_t = soft_band[:, :, None, None] * geom[None]
+    return {"flat": flat * exposure,
+            "geometry": nustar.PIXEL_AREA_CM2 * rpix * np.asarray(geometry.omega) * exposure,
+            "cxb_band": (member * cxb) @ trans.T,
+            "soft_band": (member * soft) @ trans.T}
+
+
+def one_step_templates(parts):
+    r"""Dense templates of :func:`one_step_parts` for one module: [n_bands + 2, n_bands, 4, 32,
+    32].  Coefficients: :math:`N_\mathrm{bkg,b}` for every band (template :math:`M T` in band b
+    only), then the CXB norm (relative to HEAO-1) and the soft-component norm."""
+    n_bands = parts["cxb_band"].shape[0]
+    flats = np.eye(n_bands)[:, :, None, None, None] * parts["flat"][None, None]
+    cxb_t = parts["cxb_band"][:, :, None, None] * parts["geometry"][None]
+    soft_t = parts["soft_band"][:, :, None, None] * parts["geometry"][None]
     return np.concatenate([flats, cxb_t[None], soft_t[None]], axis=0)
 
 
@@ -797,27 +825,6 @@ def fit_one_step(counts, templates, masks):
     norm = np.asarray(fits.theta[:, -2])
     norm_err = np.sqrt(np.asarray(fits.covariance[:, -2, -2]))
     return fits, norm * unit, norm_err * unit
-
-
-def _one_step_flat_sensitivity(fits, i, counts, templates, factors, exposure, mask):
-    """d(CXB norm)/d(chip factors) for the one-step fit of module i (implicit function)."""
-    n_bands = counts.shape[0]
-    theta = fits.theta[i]
-    cov = fits.covariance[i]
-    aperture = jnp.asarray(templates[n_bands:])  # CXB and soft templates [2, nb, 4, 32, 32]
-
-    def score(th, f):
-        flat = f[_CHIP_OF_PIXEL] * exposure
-        flats = jnp.eye(n_bands)[:, :, None, None, None] * flat[None, None]
-        tpl = jnp.concatenate([flats, aperture], axis=0)
-        mu = jnp.tensordot(th, tpl, axes=1)
-        m = jnp.broadcast_to(jnp.asarray(mask), mu.shape)
-        safe = jnp.where(m & (mu > 0), mu, 1.0)
-        resid = jnp.where(m, jnp.asarray(counts) / safe - 1.0, 0.0)
-        return jnp.tensordot(tpl, resid, axes=4)
-
-    dg_df = jax.jacfwd(score, argnums=1)(theta, jnp.asarray(factors))
-    return np.asarray((cov @ dg_df)[-2])
 
 
 # ----------------------------------------------------------------------------------------------
@@ -935,11 +942,10 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
     one_step, one_step_store = {}, []
     for group in (_group_by_template_count(modules, flats) if options.one_step else []):
         counts = np.stack([np.asarray(m.sci_counts, float) for m in group])
-        templates = np.stack([one_step_templates(campaign.geometry(m.fpm), e_lo, e_hi,
-                                                 m.sci_exposure, flats[id(m)],
-                                                 soft[m.dataset]["shape"], options.rpix,
-                                                 options.sci_soft_model)
-                              for m in group])
+        parts = [one_step_parts(campaign.geometry(m.fpm), e_lo, e_hi, m.sci_exposure,
+                                flats[id(m)], soft[m.dataset]["shape"], options.rpix,
+                                options.sci_soft_model) for m in group]
+        templates = np.stack([one_step_templates(p) for p in parts])
         mask_arr = np.stack([masks[id(m)] for m in group])
         fits, flux, flux_err = fit_one_step(counts, templates, mask_arr)
         n_b = len(e_lo)
@@ -947,26 +953,19 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions = AnalysisOptions(
             "modules": [f"{m.dataset} {m.fpm}" for m in group], "counts": counts,
             "masks": mask_arr, "theta": np.asarray(fits.theta),
             "covariance": np.asarray(fits.covariance),
-            # structured pieces: flat [m,4,32,32], aperture geometry [m,4,32,32],
-            # per-band per-chip CXB and soft responses [m, nb, 4]
-            "flat": templates[:, 0].sum(axis=1),
-            "geometry": np.stack([nustar.PIXEL_AREA_CM2 * options.rpix
-                                  * np.asarray(campaign.geometry(m.fpm).omega) * m.sci_exposure
-                                  for m in group]),
-            "cxb_band": templates[:, n_b, :, :, 0, 0] / np.stack([
-                nustar.PIXEL_AREA_CM2 * options.rpix * campaign.geometry(m.fpm).omega[:, 0, 0]
-                * m.sci_exposure for m in group])[:, None, :],
-            "soft_band": templates[:, n_b + 1, :, :, 0, 0] / np.stack([
-                nustar.PIXEL_AREA_CM2 * options.rpix * campaign.geometry(m.fpm).omega[:, 0, 0]
-                * m.sci_exposure for m in group])[:, None, :],
+            # structured pieces [m, ...] (see one_step_parts), used by one_step_mean / NUTS
+            **{key: np.stack([p[key] for p in parts]) for key in parts[0]},
         })
         for i, m in enumerate(group):
             err = float(flux_err[i])
             if factor_cov[id(m)] is not None:
                 # chip-factor uncertainty: d(norm)/df by the implicit function theorem, with
                 # the flat templates of all bands depending on f
-                sens = _one_step_flat_sensitivity(fits, i, counts[i], templates[i],
-                                                  chip_factors[id(m)], m.sci_exposure, mask_arr[i])
+                sens = _flat_sensitivity(
+                    fits.theta[i], fits.covariance[i], jnp.asarray(chip_factors[id(m)]),
+                    jnp.asarray(counts[i]), jnp.asarray(templates[i][n_b:]), m.sci_exposure,
+                    jnp.asarray(mask_arr[i]), per_band=True)
+                sens = np.asarray(sens[n_b])  # row of the CXB norm
                 extra = sens @ factor_cov[id(m)] @ sens * _gruber_flux_3_20() ** 2
                 err = math.sqrt(err**2 + float(extra))
             one_step[id(m)] = (float(flux[i]), err)
