@@ -48,6 +48,13 @@ __all__ = [
     "psf_profile",
     "encircled_fraction",
     "paper_thresholds",
+    "Pointing",
+    "NEP_POINTINGS",
+    "DETECTOR_SIDE_ARCSEC",
+    "BAND_MEAN_ENERGY_KEV",
+    "vignetting",
+    "survey_wcs",
+    "exposure_maps",
 ]
 
 APERTURE_RADIUS_ARCSEC = 20.0
@@ -194,3 +201,114 @@ def paper_thresholds():
             rows.append((band, lo, hi, _TABLE2_95[band][k], _TABLE2_99[band][k]))
     return Table(rows=rows, names=("band", "exp_min_ks", "exp_max_ks", "det_ml_95",
                                    "det_ml_99"))
+
+
+# ---------------------------------------------------------------------------------------------
+# Survey field geometry: pointings, vignetting, exposure and background mosaics
+# ---------------------------------------------------------------------------------------------
+
+@dataclass(frozen=True)
+class Pointing:
+    """One NuSTAR observation of a survey: ``obsid``, aim point ``ra_deg``/``dec_deg``
+    (ICRS, deg), on-time ``exposure_ks`` per module (after screening), ``epoch`` (1-based
+    index used by the variability test) and ``roll_deg`` (position angle of the detector
+    axes, deg east of north; the paper does not list it, 0 by default)."""
+
+    obsid: str
+    ra_deg: float
+    dec_deg: float
+    exposure_ks: float
+    epoch: int = 1
+    roll_deg: float = 0.0
+
+    def __post_init__(self):
+        if not (self.exposure_ks > 0 and -90 <= self.dec_deg <= 90):
+            raise ValueError(f"Pointing {self.obsid}: needs exposure_ks > 0 and |dec| <= 90, "
+                             f"got {self.exposure_ks} ks, dec {self.dec_deg}")
+
+
+NEP_POINTINGS = (
+    Pointing("60511001002", 260.8728, 65.8221, 73.5, 1),
+    Pointing("60511002002", 260.7727, 65.8220, 77.6, 1),
+    Pointing("60511003002", 260.6360, 65.8246, 68.7, 1),
+    Pointing("60511004002", 260.5416, 65.9071, 89.8, 2),
+    Pointing("60511005002", 260.7314, 65.8736, 84.7, 2),
+    Pointing("60511006002", 260.9080, 65.9067, 83.0, 2),
+    Pointing("60511007002", 260.5283, 65.7657, 65.2, 3),
+    Pointing("60511008001", 260.7546, 65.7483, 70.2, 3),
+    Pointing("60511009001", 260.9508, 65.7456, 68.3, 3),
+)
+"""The nine NEP-TDF observations of Zhao et al. (2021) Table 1 (681 ks in three epochs:
+2019 Sep/Oct, 2020 Jan, 2020 Mar)."""
+
+DETECTOR_SIDE_ARCSEC = 64 * 12.3
+"""Side of the focal-plane field of view: 2 x 32 RAW pixels of 12.3" per axis (the shipped
+detector geometry, :mod:`bkgjax.instruments.nustar`), 13.1'.  Chip gaps are neglected."""
+
+BAND_MEAN_ENERGY_KEV = {"3-24": 9.88, "3-8": 5.42, "8-24": 13.02, "8-16": 13.02,
+                        "16-24": 13.02}
+"""Spectrally weighted mean energies used for the vignetting (section 2.2; as the paper, the
+8-24 keV exposure map serves the 8-16 and 16-24 keV bands)."""
+
+
+def vignetting(offaxis_arcmin, energy_kev, half_angle_10kev_arcmin: float = 6.0,
+               energy_slope: float = 0.3):
+    r"""Approximate NuSTAR optics vignetting (effective-area fraction relative to on-axis).
+
+    .. math:: V(\theta, E) = \left[1 + (\theta/\theta_{1/2}(E))^2\right]^{-1},\qquad
+              \theta_{1/2}(E) = 6'\,(E / 10\,\mathrm{keV})^{-0.3}
+
+    A smooth stand-in for the CALDB vignetting used by ``nuexpomap`` (half response near 6'
+    off axis at 10 keV, narrower at higher energy); not a calibration product.
+    """
+    theta_half = half_angle_10kev_arcmin * (np.asarray(energy_kev, float) / 10.0) \
+        ** (-energy_slope)
+    return 1.0 / (1.0 + (np.asarray(offaxis_arcmin, float) / theta_half) ** 2)
+
+
+def survey_wcs(center_ra_deg: float, center_dec_deg: float, size_arcmin: float,
+               pixel_scale_arcsec: float = 2.46):
+    """A TAN WCS (north up, east left) and the image shape for a square mosaic."""
+    from astropy.wcs import WCS
+
+    n = int(math.ceil(size_arcmin * 60.0 / pixel_scale_arcsec))
+    wcs = WCS(naxis=2)
+    wcs.wcs.ctype = ["RA---TAN", "DEC--TAN"]
+    wcs.wcs.crval = [center_ra_deg, center_dec_deg]
+    wcs.wcs.crpix = [(n + 1) / 2.0, (n + 1) / 2.0]
+    wcs.wcs.cdelt = [-pixel_scale_arcsec / 3600.0, pixel_scale_arcsec / 3600.0]
+    wcs.wcs.radesys = "ICRS"
+    return wcs, (n, n)
+
+
+def exposure_maps(pointings, wcs, shape, band: str = "3-24", modules: int = 2,
+                  side_arcsec: float = DETECTOR_SIDE_ARCSEC):
+    """(vignetted, unvignetted) exposure mosaics in s, summed over ``pointings`` and
+    ``modules`` (FPMA + FPMB, taken equal): each pointing covers a square of side
+    ``side_arcsec`` rotated by its roll, weighted by :func:`vignetting` at the band's mean
+    energy (:data:`BAND_MEAN_ENERGY_KEV`) for the vignetted map."""
+    band = band_info(band).name
+    energy = BAND_MEAN_ENERGY_KEV[band]
+    yy, xx = np.mgrid[0:shape[0], 0:shape[1]]
+    ra, dec = wcs.pixel_to_world_values(xx.ravel(), yy.ravel())
+    ra = np.radians(ra).reshape(shape)
+    dec = np.radians(dec).reshape(shape)
+    vig = np.zeros(shape)
+    flat = np.zeros(shape)
+    half = side_arcsec / 2.0
+    for p in pointings:
+        ra0, dec0 = math.radians(p.ra_deg), math.radians(p.dec_deg)
+        # gnomonic offsets (arcsec) of every pixel from the aim point
+        cosc = math.sin(dec0) * np.sin(dec) + math.cos(dec0) * np.cos(dec) * np.cos(ra - ra0)
+        xi = np.cos(dec) * np.sin(ra - ra0) / cosc
+        eta = (math.cos(dec0) * np.sin(dec) - math.sin(dec0) * np.cos(dec)
+               * np.cos(ra - ra0)) / cosc
+        xi, eta = np.degrees(xi) * 3600.0, np.degrees(eta) * 3600.0
+        c, s = math.cos(math.radians(p.roll_deg)), math.sin(math.radians(p.roll_deg))
+        u, v = c * xi - s * eta, s * xi + c * eta
+        inside = (np.abs(u) <= half) & (np.abs(v) <= half) & (cosc > 0)
+        t = p.exposure_ks * 1e3 * modules
+        off = np.hypot(xi, eta) / 60.0
+        vig += np.where(inside, t * vignetting(off, energy), 0.0)
+        flat += np.where(inside, t, 0.0)
+    return vig, flat

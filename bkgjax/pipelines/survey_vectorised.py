@@ -72,6 +72,7 @@ __all__ = [
     "SimResults",
     "simulate_and_detect",
     "run_chunk",
+    "sharded_chunk_runner",
 ]
 
 _LN10 = math.log(10.0)
@@ -350,11 +351,13 @@ class SimResults(NamedTuple):
     n_drawn: jax.Array
 
 
-def _one_sim(key, exposure, background, match_total, cfg: SimConfig, use_match: bool):
+def _one_sim(key, exposure, background, match_total, filler, cfg: SimConfig, use_match: bool,
+             use_filler: bool):
     scale = cfg.pixel_scale_arcsec
     counts, cat = survey_sky.simulate_sky(
         key, exposure, background, scale, cfg.band, cfg.lognlogs, cfg.psf, cfg.max_sources,
-        match_total if use_match else None, cfg.psf_radius_arcsec)
+        match_total if use_match else None, cfg.psf_radius_arcsec,
+        filler if use_filler else None)
     bkg = jnp.where(exposure > 0, background, 0.0)
     # detection uses the given background map (as the paper uses its background mosaics)
     det = detect_fixed(counts, bkg, exposure, cfg.aperture_arcsec / scale,
@@ -373,8 +376,10 @@ def _one_sim(key, exposure, background, match_total, cfg: SimConfig, use_match: 
                       cat.n_drawn)
 
 
-def _run_chunk(keys, exposure, background, match_total, cfg: SimConfig, use_match: bool):
-    f = jax.vmap(lambda k: _one_sim(k, exposure, background, match_total, cfg, use_match))
+def _run_chunk(keys, exposure, background, match_total, filler, cfg: SimConfig,
+               use_match: bool, use_filler: bool = False):
+    f = jax.vmap(lambda k: _one_sim(k, exposure, background, match_total, filler, cfg,
+                                    use_match, use_filler))
     nb = keys.shape[0] // cfg.batch_size
     kb = keys.reshape((nb, cfg.batch_size) + keys.shape[1:])
     out = lax.map(f, kb)
@@ -382,9 +387,37 @@ def _run_chunk(keys, exposure, background, match_total, cfg: SimConfig, use_matc
                                   out)
 
 
-run_chunk = jax.jit(_run_chunk, static_argnames=("cfg", "use_match"))
-"""Jitted chunk runner: ``run_chunk(keys, exposure, background, match_total, cfg=,
-use_match=)`` (keys: a multiple of ``cfg.batch_size``); check ``run_chunk._cache_size()``."""
+run_chunk = jax.jit(_run_chunk, static_argnames=("cfg", "use_match", "use_filler"))
+"""Jitted chunk runner: ``run_chunk(keys, exposure, background, match_total, filler, cfg=,
+use_match=, use_filler=)`` (keys: a multiple of ``cfg.batch_size``); check
+``run_chunk._cache_size()``."""
+
+_SHARDED_RUNNERS = {}
+
+
+def sharded_chunk_runner(cfg: SimConfig, use_match: bool, use_filler: bool, devices=None,
+                         axis_name: str = "sims"):
+    """``run_chunk`` split over ``devices`` (default: all) with :func:`jax.shard_map` on a
+    1-D mesh with the named axis ``axis_name``: each device runs its contiguous block of the
+    keys (whose length must be a multiple of ``len(devices) * cfg.batch_size``); the images
+    are replicated.  The same code runs on host CPU devices
+    (``XLA_FLAGS=--xla_force_host_platform_device_count=N``), several GPUs, or several hosts
+    after ``jax.distributed.initialize()``.  Compiled once per (cfg, flags, devices)."""
+    from jax.sharding import Mesh, PartitionSpec as P
+
+    devices = tuple(jax.devices() if devices is None else devices)
+    key = (cfg, use_match, use_filler, devices, axis_name)
+    if key not in _SHARDED_RUNNERS:
+        mesh = Mesh(np.asarray(devices), (axis_name,))
+
+        def local(keys, exposure, background, match_total, filler):
+            return _run_chunk(keys, exposure, background, match_total, filler, cfg, use_match,
+                              use_filler)
+
+        fn = jax.shard_map(local, mesh=mesh, in_specs=(P(axis_name), P(), P(), P(), P()),
+                           out_specs=P(axis_name), check_vma=False)
+        _SHARDED_RUNNERS[key] = jax.jit(fn)
+    return _SHARDED_RUNNERS[key]
 
 
 def simulation_keys(key, n_sims: int):
@@ -396,18 +429,22 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                         band: str = "3-24", lognlogs=survey_sky.TREISTER09_APPROX, psf=None,
                         max_sources: int | None = None, max_candidates: int = 64,
                         threshold_log10p: float = ns.DETECTION_LOG10P,
-                        match_total_counts=None, batch_size: int = 8,
-                        batches_per_chunk: int = 4, progress: bool = True,
-                        **config) -> SimResults:
+                        match_total_counts=None, filler=None, batch_size: int = 8,
+                        batches_per_chunk: int = 4, progress: bool = True, shard: bool = True,
+                        devices=None, **config) -> SimResults:
     """``n_sims`` mock skies (:func:`survey_sky.simulate_sky`) + :func:`detect_fixed` +
     :func:`match_catalogue` (30"), from one seed ``key`` (int or PRNG key).
 
-    Simulation i uses ``fold_in(key, i)``, so results do not depend on ``batch_size`` or
-    chunking.  Each chunk of ``batch_size * batches_per_chunk`` simulations is one jitted call
-    (``vmap`` over ``batch_size``, ``lax.map`` over batches); a tqdm bar runs over the chunks;
-    the last chunk is padded (fixed shapes, no recompilation).  ``max_sources`` defaults to a
-    value with P(truncation) < 1e-9 (:meth:`LogNLogS.check_max_sources` is always called).
-    Extra ``config`` keys go to :class:`SimConfig`.  Returns :class:`SimResults` (NumPy).
+    Simulation i uses ``fold_in(key, i)``, so results do not depend on ``batch_size``,
+    chunking or the number of devices.  Each chunk of ``n_devices * batch_size *
+    batches_per_chunk`` simulations is one jitted call (``vmap`` over ``batch_size``,
+    ``lax.map`` over batches, and with ``shard=True`` and several devices
+    :func:`sharded_chunk_runner` over the devices); memory is bounded by the chunk; a tqdm bar
+    runs over the chunks; the last chunk is padded (fixed shapes, no recompilation).
+    ``filler``: the focused-CXB part of ``background`` rescaled to reach
+    ``match_total_counts`` (paper sec. 3.1).  ``max_sources`` defaults to a value with
+    P(truncation) < 1e-9 (:meth:`LogNLogS.check_max_sources` is always called).  Extra
+    ``config`` keys go to :class:`SimConfig`.  Returns :class:`SimResults` (NumPy).
     """
     from tqdm.auto import tqdm
 
@@ -415,6 +452,9 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
         key = jax.random.PRNGKey(key)
     exposure = jnp.asarray(exposure, jnp.float64)
     background = jnp.asarray(background, jnp.float64)
+    if exposure.shape != background.shape or exposure.ndim != 2:
+        raise ValueError(f"exposure {exposure.shape} and background {background.shape} must be "
+                         "2-D images of the same shape")
     area = float(jnp.sum(exposure > 0)) * (pixel_scale_arcsec / 3600.0) ** 2
     if max_sources is None:
         mu = lognlogs.expected_number(area)
@@ -427,13 +467,28 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                     threshold_log10p=float(threshold_log10p), batch_size=int(batch_size),
                     **config)
     use_match = match_total_counts is not None
+    use_filler = use_match and filler is not None
     mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
-    chunk = cfg.batch_size * int(batches_per_chunk)
+    fill = jnp.zeros_like(background) if filler is None else jnp.asarray(filler, jnp.float64)
+    if fill.shape != background.shape:
+        raise ValueError(f"filler {fill.shape} must have the background's shape "
+                         f"{background.shape}")
+    devices = tuple(jax.devices() if devices is None else devices)
+    n_dev = len(devices) if shard else 1
+    chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
     keys = simulation_keys(key, int(math.ceil(n_sims / chunk)) * chunk)
+    if n_dev > 1:
+        runner = sharded_chunk_runner(cfg, use_match, use_filler, devices)
+
+        def run(k):
+            return runner(k, exposure, background, mt, fill)
+    else:
+        def run(k):
+            return run_chunk(k, exposure, background, mt, fill, cfg=cfg, use_match=use_match,
+                             use_filler=use_filler)
     parts = []
     for start in tqdm(range(0, n_sims, chunk), disable=not progress, desc="simulations",
                       unit="chunk"):
-        out = run_chunk(keys[start:start + chunk], exposure, background, mt, cfg=cfg,
-                        use_match=use_match)
+        out = run(keys[start:start + chunk])
         parts.append(jax.tree_util.tree_map(np.asarray, out))
     return SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))

@@ -24,9 +24,12 @@ Recipe (paper section 3.1, after Civano et al. 2015):
    zero exposure (or off the image) are lost.
 5. Plus the background map (counts per pixel), optionally rescaled
    (``match_total_counts``): the paper adds fCXB counts so that the simulated maps have the
-   observed total number of counts; here the whole background map is scaled by
-   :math:`\max(C_\mathrm{target} - \sum \mathrm{sources}, 0) / \sum \mathrm{background}`
-   (sums over the exposed pixels) - a simplification of rescaling only the fCXB component.
+   observed total number of counts.  With ``filler`` (the focused-CXB part of the background
+   map, counts per pixel) only that part is scaled, by
+   :math:`\max(C_\mathrm{target} - \sum \mathrm{sources} - \sum(B - F), 0) / \sum F`, as in
+   the paper; without it the whole background map is scaled by
+   :math:`\max(C_\mathrm{target} - \sum \mathrm{sources}, 0) / \sum B` (sums over the
+   exposed pixels).
 6. Poisson realisation; zero-exposure pixels are 0.
 
 The logN-logS (:class:`LogNLogS`): the paper draws fluxes from the Treister, Urry & Virani
@@ -224,7 +227,7 @@ def _splat_bilinear(shape, x, y, w):
 
 def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
                  lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
-                 match_total_counts=None, psf_radius_arcsec: float = 150.0):
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None):
     """Expected counts image (sources + possibly rescaled background) and the input catalogue
     of one mock sky; :func:`simulate_sky` without the Poisson step."""
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
@@ -250,7 +253,15 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     kernel = psf_kernel(pixel_scale_arcsec, psf, psf_radius_arcsec)
     src = jnp.where(good, jnp.maximum(fft_convolve_same(point, kernel), 0.0), 0.0)
     bkg = jnp.where(good, background, 0.0)
-    if match_total_counts is not None:
+    if match_total_counts is not None and filler is not None:
+        # paper sec. 3.1: only the focused-CXB (filler) part is rescaled so that sources +
+        # background reach the target total
+        fill = jnp.where(good, jnp.asarray(filler, jnp.float64), 0.0)
+        fixed = bkg - fill
+        scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum()
+                            - fixed.sum(), 0.0) / jnp.maximum(fill.sum(), 1e-300)
+        bkg = fixed + fill * scale
+    elif match_total_counts is not None:
         scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum(), 0.0) \
             / jnp.maximum(bkg.sum(), 1e-300)
         bkg = bkg * scale
@@ -260,7 +271,7 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
 
 def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
                  lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
-                 match_total_counts=None, psf_radius_arcsec: float = 150.0):
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None):
     """One mock sky (module docstring): ``(counts image, SkyCatalogue)``.
 
     ``pixel_scale_arcsec``, ``band``, ``lognlogs``, ``psf``, ``max_sources`` and
@@ -269,7 +280,7 @@ def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     """
     k_sky, k_poisson = jax.random.split(key)
     lam, cat = expected_sky(k_sky, exposure, background, pixel_scale_arcsec, band, lognlogs,
-                            psf, max_sources, match_total_counts, psf_radius_arcsec)
+                            psf, max_sources, match_total_counts, psf_radius_arcsec, filler)
     counts = jax.random.poisson(k_poisson, lam).astype(jnp.float64)
     counts = jnp.where(jnp.asarray(exposure) > 0, counts, 0.0)
     return counts, cat
