@@ -177,6 +177,7 @@ def test_simulate_and_detect_reproducible(field):
         else:
             np.testing.assert_allclose(a, c, rtol=1e-10, atol=0)
     assert not np.array_equal(r1.src_flux, r4.src_flux)
+    assert np.all(r1.n_logp_needed == 0)  # a small image: every pixel evaluated
     assert r1.det_ml.shape == (24, 32) and r1.src_flux.shape == (24, 64)
     # sane outputs: no NaN, no detection on zero exposure, matched fluxes are input fluxes
     for a in r1:
@@ -187,6 +188,32 @@ def test_simulate_and_detect_reproducible(field):
     assert r1.det_valid.sum() > 0 and r1.matched.sum() > 0
     assert np.all(r1.matched <= r1.det_valid)
     assert np.all(np.isin(r1.matched_flux[r1.matched], r1.src_flux))
+
+
+def test_screened_false_probability_map():
+    """On a NEP-size image only the pixels that can reach P <= 10^-2.5 get the exact value;
+    the candidates are those of the full map, and too short a list is an error."""
+    n = 400
+    rng = np.random.default_rng(3)
+    expo = np.full((n, n), 2e5)
+    bkg = np.full((n, n), 0.3)
+    kernel = ss.psf_kernel(SCALE)
+    point = np.zeros((n, n))
+    point[rng.integers(20, n - 20, 60), rng.integers(20, n - 20, 60)] = rng.uniform(20, 400, 60)
+    lam = np.asarray(ss.fft_convolve_same(point, kernel)) + bkg
+    counts = rng.poisson(lam).astype(float)
+    full = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS)
+    screened = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
+                               eval_fraction=0.4)
+    for name in ("x", "y", "valid", "log10p", "det_ml"):
+        np.testing.assert_array_equal(np.asarray(getattr(full, name)),
+                                      np.asarray(getattr(screened, name)))
+    assert 0 < int(screened.n_logp_needed) < 0.4 * n * n
+    assert int(np.asarray(full.valid).sum()) > 10
+    with pytest.raises(RuntimeError, match="eval_fraction"):
+        sv.simulate_and_detect(5, 2, expo, bkg, SCALE, batch_size=2, batches_per_chunk=1,
+                               eval_fraction=0.0, max_sources=256, max_candidates=32,
+                               progress=False, match_total_counts=float(counts.sum()) * 3)
 
 
 def test_zero_exposure_no_nan(field):

@@ -92,7 +92,10 @@ class Detections(NamedTuple):
     pixel), log10p (map minimum), det_ml (-ln P with the deblended background), det_ml_raw
     (-ln P with the map background), total_counts, bkg_counts (deblended), bkg_counts_raw
     (20" aperture), source_counts (deblended total PSF counts S), exposure (s at the pixel),
-    valid (after pruning)."""
+    valid (after pruning); n_logp_needed (pixels that needed the exact log P, see
+    ``eval_fraction``); minima_overflow (0, or the number of local minima below the limit
+    when it exceeded the gathered list of ``max(8 * pre_k, 1024)``: then candidates may be
+    missing)."""
 
     x: jax.Array
     y: jax.Array
@@ -105,6 +108,42 @@ class Detections(NamedTuple):
     source_counts: jax.Array
     exposure: jax.Array
     valid: jax.Array
+    n_logp_needed: jax.Array
+    minima_overflow: jax.Array
+
+
+def _eval_budget(eval_fraction: float, n_pix: int) -> int:
+    """Length of the exact-log-P list: ``eval_fraction`` of the image but at least 65536
+    pixels (small images are evaluated in full)."""
+    return int(min(n_pix, max(math.ceil(eval_fraction * n_pix), 65536)))
+
+
+def _sparse_log_false_probability(c, b, good, eval_fraction: float,
+                                  threshold_log10p: float = ns.DETECTION_LOG10P):
+    r"""ln P on the pixels that may have :math:`P \le 10^{-2.5}` (``threshold_log10p``), 0
+    elsewhere.
+
+    Rigorous screen: the regularised lower incomplete gamma function obeys
+    :math:`P(C, B) = B^C e^{-B}\sum_{k\ge0} B^k/\Gamma(C+k+1) \ge B^C e^{-B}/\Gamma(C+1)`
+    (its first series term, the Poisson probability of exactly C counts for integer C), and
+    :math:`P(C, B) > 1/2` for :math:`B \ge C` (the median of a Gamma(C) variate is below C).  So
+    a pixel can have :math:`P \le 10^{-2.5}` only if :math:`0 < C`, :math:`B < C` and
+    :math:`C\ln B - B - \ln\Gamma(C+1) \le -2.5\ln 10`; every other pixel has
+    :math:`P > 10^{-2.5}`, above any candidate, so setting its ln P to 0 changes neither the
+    candidates nor their values nor the local-minimum test.  The needed pixels are gathered
+    into a fixed-size list of ``eval_fraction * n_pix`` entries; returns (ln P map, number
+    needed) so that the caller can check that the list was long enough."""
+    n_pix = c.size
+    max_eval = _eval_budget(eval_fraction, n_pix)
+    c_safe = jnp.maximum(c, 1e-300)
+    log_first_term = c_safe * jnp.log(b) - b - jax.scipy.special.gammaln(c_safe + 1.0)
+    need = good & (c > 0) & (b < c) & (log_first_term <= threshold_log10p * _LN10 + 1e-9)
+    n_needed = jnp.sum(need).astype(jnp.int32)
+    idx = jnp.nonzero(need.ravel(), size=max_eval, fill_value=n_pix)[0]
+    safe = jnp.minimum(idx, n_pix - 1)
+    sub = intervals.log_false_probability(c.ravel()[safe], b.ravel()[safe])
+    flat = jnp.zeros(n_pix, jnp.float64).at[idx].set(sub, mode="drop")
+    return flat.reshape(c.shape), n_needed
 
 
 def _local_minima(logp):
@@ -146,6 +185,18 @@ def _aperture_offsets(radius_pix: float):
     return yy[inside].astype(np.int32), xx[inside].astype(np.int32)
 
 
+def _interp_regular(r, grid, values):
+    """Linear interpolation on the regular grid of :func:`psf_table` (0 beyond its end):
+    an index computation instead of the binary search of ``jnp.interp``."""
+    step = grid[1] - grid[0]
+    table = jnp.concatenate([jnp.asarray(values, jnp.float64), jnp.zeros(2)])
+    pos = r / step
+    i = jnp.clip(jnp.floor(pos).astype(jnp.int32), 0, len(values))
+    frac = pos - i
+    out = table[i] * (1.0 - frac) + table[i + 1] * frac
+    return jnp.where(pos <= len(values) - 1, out, 0.0)
+
+
 def overlap_matrix_fixed(x, y, valid, exposure, radius_pix: float, pixel_scale_arcsec: float,
                          psf_r, psf_v, max_separation_pix=math.inf):
     r""":math:`M_{ij}` for candidates at integer pixel positions (x, y) (module docstring);
@@ -159,8 +210,7 @@ def overlap_matrix_fixed(x, y, valid, exposure, radius_pix: float, pixel_scale_a
     inside = (iy >= 0) & (iy < h) & (ix >= 0) & (ix < w)
     good = inside & (exposure[jnp.clip(iy, 0, h - 1), jnp.clip(ix, 0, w - 1)] > 0)
     r = jnp.hypot(ix[:, :, None] - x[None, None, :], iy[:, :, None] - y[None, None, :])
-    prof = jnp.interp(r * pixel_scale_arcsec, jnp.asarray(psf_r), jnp.asarray(psf_v),
-                      right=0.0)
+    prof = _interp_regular(r * pixel_scale_arcsec, psf_r, psf_v)
     m = jnp.sum(jnp.where(good[:, :, None], prof, 0.0), axis=1) * pixel_scale_arcsec**2
     sep = jnp.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
     n = x.shape[0]
@@ -221,12 +271,17 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
                  min_separation_pix: float = 0.0, *, deblend: bool = False,
                  pixel_scale_arcsec: float | None = None, psf=None, psf_profile=None,
                  deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC,
-                 pre_select: int = 4) -> Detections:
+                 pre_select: int = 4, eval_fraction: float = 1.0) -> Detections:
     """Fixed-size detection (module docstring); jittable/vmappable; everything but the three
     images is static.  ``deblend=True`` (needs ``pixel_scale_arcsec``) adds the pruning and
     deblending of step 6 with ``psf`` (or a precomputed ``psf_profile`` = :func:`psf_table`);
     otherwise DET_ML equals DET_ML_RAW.  With ``min_separation_pix`` > 0 the suppression runs
-    on the ``pre_select * max_candidates`` deepest minima."""
+    on the ``pre_select * max_candidates`` deepest minima.  ``eval_fraction`` < 1: the exact
+    log P is computed only on the pixels that can reach the detection limit (at most that
+    fraction of the image, at least 65536 pixels; :func:`_sparse_log_false_probability`), the
+    others get log P = 0,
+    which leaves the candidates unchanged; ``Detections.n_logp_needed`` must then stay
+    <= ``eval_fraction * image size`` (checked by :func:`simulate_and_detect`)."""
     if deblend and pixel_scale_arcsec is None:
         raise ValueError("detect_fixed(deblend=True) needs pixel_scale_arcsec")
     counts = jnp.asarray(counts, dtype=jnp.float64)
@@ -235,16 +290,28 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     good = exposure > 0
     c = jnp.round(tophat_sum_fft(counts, radius_pix, exposure), 9)
     b = jnp.maximum(tophat_sum_fft(background, radius_pix, exposure), _BKG_FLOOR)
-    lnp = intervals.log_false_probability(c, b)
+    if _eval_budget(eval_fraction, c.size) >= c.size:
+        lnp = intervals.log_false_probability(c, b)
+        n_logp_needed = jnp.asarray(0, jnp.int32)
+    else:
+        lnp, n_logp_needed = _sparse_log_false_probability(c, b, good, eval_fraction,
+                                                           threshold_log10p)
     logp = jnp.where(good, lnp / _LN10, 0.0)
     cand = _local_minima(logp) & (logp <= threshold_log10p) & good
-    score = jnp.where(cand, -logp, -jnp.inf)
     # the suppression of close minima runs on a longer list (pre_k) before keeping the
     # max_candidates deepest survivors, so that ripples next to bright sources do not crowd
     # real candidates out of the fixed-size list
     pre_k = int(max_candidates) * (pre_select if min_separation_pix > 0 else 1)
-    k = min(pre_k, score.size)
-    vals, idx = lax.top_k(score.ravel(), k)
+    # the minima are sparse: gather them (O(n_pix)) and rank only those, instead of a top-k
+    # over the whole image; n_minima > n_gather is reported (Detections.n_minima)
+    n_pix = logp.size
+    n_gather = min(n_pix, max(8 * pre_k, 1024))
+    n_minima = jnp.sum(cand).astype(jnp.int32)
+    cidx = jnp.nonzero(cand.ravel(), size=n_gather, fill_value=n_pix)[0]
+    cscore = jnp.where(cidx < n_pix, -logp.ravel()[jnp.minimum(cidx, n_pix - 1)], -jnp.inf)
+    k = min(pre_k, n_gather)
+    vals, pos = lax.top_k(cscore, k)
+    idx = jnp.minimum(cidx[pos], n_pix - 1)
     if k < pre_k:  # pad (tiny images)
         vals = jnp.concatenate([vals, jnp.full(pre_k - k, -jnp.inf)])
         idx = jnp.concatenate([idx, jnp.zeros(pre_k - k, idx.dtype)])
@@ -267,8 +334,9 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
         m_full = overlap_matrix_fixed(x, y, valid, exposure, radius_pix, pixel_scale_arcsec,
                                       psf_r, psf_v)
         valid, _ = prune_fixed(tot, bkg, m_full, valid, threshold_log10p)
-        m_deb = overlap_matrix_fixed(x, y, valid, exposure, radius_pix, pixel_scale_arcsec,
-                                     psf_r, psf_v, deblend_arcsec / pixel_scale_arcsec)
+        sep = jnp.hypot(x[:, None] - x[None, :], y[:, None] - y[None, :])
+        near = (sep <= deblend_arcsec / pixel_scale_arcsec) | jnp.eye(x.shape[0], dtype=bool)
+        m_deb = jnp.where(near & valid[:, None] & valid[None, :], m_full, 0.0)
         s_counts = nnls_fixed(m_deb, tot - bkg, valid)
         contamination = m_deb @ s_counts - jnp.diagonal(m_deb) * s_counts
         bkg_deb = jnp.where(valid, bkg + contamination, bkg)
@@ -279,7 +347,8 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
                       jnp.where(valid, dml_raw, 0.0), jnp.where(valid, tot, zero),
                       jnp.where(valid, bkg_deb, zero), jnp.where(valid, bkg, zero),
                       jnp.where(valid, s_counts, zero),
-                      jnp.where(valid, exposure[iy, ix], zero), valid)
+                      jnp.where(valid, exposure[iy, ix], zero), valid, n_logp_needed,
+                      jnp.where(n_minima > n_gather, n_minima, 0))
 
 
 def match_catalogue(det_xy, det_valid, src_xy, src_flux, src_valid, radius_pix: float):
@@ -317,6 +386,7 @@ class SimConfig:
     psf_radius_arcsec: float = 150.0
     deblend: bool = True
     deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC
+    eval_fraction: float = 0.4
     batch_size: int = 8
 
 
@@ -328,7 +398,7 @@ class SimResults(NamedTuple):
     det_bkg_counts (deblended), det_source_counts (deblended total PSF counts),
     matched, matched_flux (input 3-24 keV / logN-logS-band flux), matched_band_flux,
     separation (pixels).  Inputs (n_sims, max_sources): src_flux, src_band_flux,
-    src_exposure, src_counts, src_valid; n_drawn (n_sims,)."""
+    src_exposure, src_counts, src_valid; n_drawn, n_logp_needed, minima_overflow (n_sims,)."""
 
     det_x: jax.Array
     det_y: jax.Array
@@ -349,6 +419,8 @@ class SimResults(NamedTuple):
     src_counts: jax.Array
     src_valid: jax.Array
     n_drawn: jax.Array
+    n_logp_needed: jax.Array
+    minima_overflow: jax.Array
 
 
 def _one_sim(key, exposure, background, match_total, filler, cfg: SimConfig, use_match: bool,
@@ -364,7 +436,7 @@ def _one_sim(key, exposure, background, match_total, filler, cfg: SimConfig, use
                        cfg.max_candidates, cfg.threshold_log10p,
                        cfg.min_separation_arcsec / scale, deblend=cfg.deblend,
                        pixel_scale_arcsec=scale, psf_profile=psf_table(cfg.psf),
-                       deblend_arcsec=cfg.deblend_arcsec)
+                       deblend_arcsec=cfg.deblend_arcsec, eval_fraction=cfg.eval_fraction)
     det_xy = jnp.stack([det.x, det.y], axis=-1)
     src_xy = jnp.stack([cat.x, cat.y], axis=-1)
     matched, j, mflux, sep = match_catalogue(det_xy, det.valid, src_xy, cat.flux, cat.valid,
@@ -373,7 +445,7 @@ def _one_sim(key, exposure, background, match_total, filler, cfg: SimConfig, use
     return SimResults(det.x, det.y, det.det_ml, det.det_ml_raw, det.valid, det.exposure,
                       det.total_counts, det.bkg_counts, det.source_counts, matched, mflux, mband,
                       sep, cat.flux, cat.band_flux, cat.exposure, cat.counts, cat.valid,
-                      cat.n_drawn)
+                      cat.n_drawn, det.n_logp_needed, det.minima_overflow)
 
 
 def _run_chunk(keys, exposure, background, match_total, filler, cfg: SimConfig,
@@ -491,4 +563,17 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                       unit="chunk"):
         out = run(keys[start:start + chunk])
         parts.append(jax.tree_util.tree_map(np.asarray, out))
-    return SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))
+    res = SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))
+    max_eval = _eval_budget(cfg.eval_fraction, exposure.size)
+    if max_eval < exposure.size and np.any(res.n_logp_needed > max_eval):
+        raise RuntimeError(
+            f"{int(np.sum(res.n_logp_needed > max_eval))} simulations needed the exact false "
+            f"probability on more than eval_fraction={cfg.eval_fraction} of the pixels (max "
+            f"{int(res.n_logp_needed.max())} of {exposure.size}); candidates may be missing. "
+            "Rerun with a larger eval_fraction (1.0 evaluates every pixel).")
+    if np.any(res.minima_overflow > 0):
+        raise RuntimeError(
+            f"up to {int(res.minima_overflow.max())} local minima below the detection limit in "
+            "one map, more than the gathered candidate list; candidates may be missing. "
+            "Rerun with a larger max_candidates.")
+    return res

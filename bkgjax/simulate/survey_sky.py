@@ -239,8 +239,11 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     area = jnp.sum(good) * pix_area_deg2
     flux, valid, n = lognlogs.sample_fluxes(k_flux, area, max_sources)
     band_flux = flux * band_flux_ratio(band, lognlogs.band)
-    logits = jnp.where(good.ravel(), 0.0, -jnp.inf)
-    pix = jax.random.categorical(k_pix, logits, shape=(max_sources,))
+    # uniform over the exposed pixels: inverse CDF of the pixel count (O(n_pix + n log n_pix);
+    # jax.random.categorical would draw n_pix Gumbel numbers per source)
+    cum = jnp.cumsum(good.ravel().astype(jnp.float64))
+    u = jax.random.uniform(k_pix, (max_sources,), dtype=jnp.float64) * cum[-1]
+    pix = jnp.clip(jnp.searchsorted(cum, u, side="right"), 0, cum.size - 1)
     iy, ix = pix // shape[1], pix % shape[1]
     off = jax.random.uniform(k_off, (2, max_sources), dtype=jnp.float64, minval=-0.5,
                              maxval=0.5)
