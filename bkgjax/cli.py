@@ -7,6 +7,12 @@
 * ``bkgjax fit-spectrum PHA``: one OGIP spectrum (core engine).
 * ``bkgjax detect --counts C --background B --exposure E --out CAT``: NuSTAR deep-survey
   source detection (Zhao et al. 2021, nustar_nep_survey_detection.txt, section 3.2).
+* ``bkgjax simulate-survey [CONFIG.toml] --n-sims N --out DIR``: the survey's detection
+  thresholds, reliability, completeness, sky coverage and logN-logS from simulations.
+* ``bkgjax catalogue --band BAND C B E ... --out CAT``: master catalogue across bands with
+  hardness ratios and the epoch variability test.
+* ``bkgjax acis-pback EVT --region REG --rmf RMF --out BKG.pha``: Chandra ACIS particle
+  background of a region from the mkacispback templates (Suzuki et al. 2021).
 * ``bkgjax demo-spectrum``: the core engine on the shipped Chandra ACIS spectrum of DG Tau
   (C-stat/W-stat fits, profile errors, NUTS posterior).
 """
@@ -342,6 +348,81 @@ def _detect(args) -> int:
     return 0
 
 
+def _simulate_survey(args) -> int:
+    from .pipelines import survey_simulation as ssim
+
+    t0 = time.perf_counter()
+    try:
+        cfg = ssim.read_survey_config(args.config or ssim.default_config_path())
+        if args.bands:
+            from .instruments.nustar_survey import band_info
+
+            bands = tuple(band_info(b).name for b in args.bands)
+        else:
+            bands = None
+        summary = ssim.run_survey_simulation(cfg, args.out, n_sims=args.n_sims, bands=bands,
+                                             progress=not args.no_progress)
+    except (ValueError, FileNotFoundError, RuntimeError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{summary['name']}: {summary['n_sims']} simulations per band (seed {summary['seed']})")
+    print(f"{'band':>6s} {'interval ks':>12s} {'DET_ML 95%':>18s} {'paper':>6s} "
+          f"{'DET_ML 99%':>18s} {'paper':>6s}")
+    for band, info in summary["bands"].items():
+        for row in info["thresholds"]:
+            hi = row["exp_max_ks"]
+            interval = f"{row['exp_min_ks']:g}-{hi:g}" if hi is not None else \
+                f">{row['exp_min_ks']:g}"
+
+            def fmt(key):
+                v, lo, hi_ = row.get(key), row.get(key + "_lo"), row.get(key + "_hi")
+                if v is None:
+                    return "n/a".rjust(18)
+                return f"{v:6.2f} [{lo if lo is not None else float('nan'):5.2f},"\
+                       f"{hi_ if hi_ is not None else float('nan'):5.2f}]"
+
+            p95 = row.get("paper_det_ml_95")
+            p99 = row.get("paper_det_ml_99")
+            print(f"{band:>6s} {interval:>12s} {fmt('det_ml_95'):>18s} "
+                  f"{p95 if p95 is not None else float('nan'):6.2f} {fmt('det_ml_99'):>18s} "
+                  f"{p99 if p99 is not None else float('nan'):6.2f}")
+        lim = info["flux_limits"]
+        print(f"{band:>6s} flux at 20/50 % coverage: {lim['sim_20']:.3g} / {lim['sim_50']:.3g}"
+              f" (paper {info['paper_flux_limits']['f20']:.3g} / "
+              f"{info['paper_flux_limits']['f50']:.3g}); spurious log-log slope "
+              f"{info['spurious_loglog_slope']:.2f} +- {info['spurious_loglog_slope_error']:.2f}")
+    print(f"wrote thresholds.ecsv, curves (ECSV), summary.json and figures in {args.out} "
+          f"({time.perf_counter() - t0:.0f} s)")
+    return 0
+
+
+def _catalogue(args) -> int:
+    from .instruments.nustar_survey import band_info, paper_thresholds
+    from .io import BkgjaxIOError
+    from .io.images import read_survey_images, read_thresholds
+    from .pipelines.survey_catalogue import master_catalogue_from_images, write_master_catalogue
+
+    try:
+        images = {band_info(b).name: read_survey_images(c, bg, e) for b, c, bg, e in args.band}
+        epochs = {}
+        for b, c, bg, e in args.epoch:
+            epochs.setdefault(band_info(b).name, []).append(read_survey_images(c, bg, e))
+        thresholds = None
+        if args.thresholds == "paper":
+            thresholds = paper_thresholds()
+        elif args.thresholds:
+            thresholds = read_thresholds(args.thresholds)
+        master, _ = master_catalogue_from_images(
+            images, thresholds=thresholds, reliability=args.reliability,
+            epochs=epochs or None, require_reliable=args.reliable_only)
+        write_master_catalogue(master, args.out)
+    except (BkgjaxIOError, ValueError, FileNotFoundError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"wrote {args.out}: {len(master)} source(s) merged over {len(images)} band(s)")
+    return 0
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(
         prog="bkgjax",
@@ -403,7 +484,39 @@ def main(argv=None) -> int:
     det.add_argument("--reliability", type=int, choices=(95, 99), default=95)
     det.add_argument("--out", required=True, help="catalogue (.fits, or .ecsv)")
 
+    sim = sub.add_parser("simulate-survey",
+                         help="survey calibration by simulations (thresholds, curves, figures)")
+    sim.add_argument("config", nargs="?", default=None,
+                     help="TOML configuration (default: the shipped NEP-like survey)")
+    sim.add_argument("--n-sims", type=int, default=None,
+                     help="simulations per band (default: [simulation] n_sims, 1200)")
+    sim.add_argument("--bands", nargs="+", default=None, help="subset of the configured bands")
+    sim.add_argument("--out", required=True, help="output folder (ECSV, JSON, PNG)")
+    sim.add_argument("--no-progress", action="store_true")
+
+    cat = sub.add_parser("catalogue", help="NuSTAR survey master catalogue merged across bands")
+    cat.add_argument("--band", nargs=4, action="append", required=True,
+                     metavar=("BAND", "COUNTS", "BACKGROUND", "EXPOSURE"),
+                     help="one band's mosaics (repeat per band)")
+    cat.add_argument("--epoch", nargs=4, action="append", default=[],
+                     metavar=("BAND", "COUNTS", "BACKGROUND", "EXPOSURE"),
+                     help="one epoch's mosaics for the variability test (repeat)")
+    cat.add_argument("--thresholds", default=None, help="threshold table (ECSV) or 'paper'")
+    cat.add_argument("--reliability", type=int, choices=(95, 99), default=95)
+    cat.add_argument("--reliable-only", action="store_true")
+    cat.add_argument("--out", required=True, help="master catalogue (.fits or .ecsv)")
+
+    from .pipelines.acis_pback import add_acis_pback_parser
+
+    add_acis_pback_parser(sub)
+
     args = parser.parse_args(argv)
+    if args.command == "acis-pback":
+        return args.func(args)
+    if args.command == "simulate-survey":
+        return _simulate_survey(args)
+    if args.command == "catalogue":
+        return _catalogue(args)
     if args.command == "demo":
         return _demo(args)
     if args.command == "nustar-cxb":

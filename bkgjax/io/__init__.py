@@ -10,6 +10,17 @@ from .errors import BkgjaxIOError, MissingFileError
 from .occulted import OCCULTED_IMAGE_SHAPE, read_occulted_images
 from .events import EventList, read_nustar_events, write_nustar_events
 from .nustar_caldb import read_aperture_image, read_detabs, read_instrument_map, read_transmission_arf
+from .xspec_model import XspecModel, XspecParameter, read_xspec_model
+from .acis_templates import read_slice_models, read_template_weights, template_directory
+from .chandra_events import (
+    ChandraEvents,
+    EventRegion,
+    chip_box_region,
+    read_chandra_events,
+    read_region,
+    region_slice_fractions,
+    write_chandra_events,
+)
 from .ogip import (
     ARF,
     PHA,
@@ -53,4 +64,17 @@ __all__ = [
     "read_instrument_map",
     "read_detabs",
     "read_transmission_arf",
+    "XspecModel",
+    "XspecParameter",
+    "read_xspec_model",
+    "read_slice_models",
+    "read_template_weights",
+    "template_directory",
+    "ChandraEvents",
+    "EventRegion",
+    "chip_box_region",
+    "read_chandra_events",
+    "read_region",
+    "region_slice_fractions",
+    "write_chandra_events",
 ]
