@@ -482,7 +482,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
                 q16, q50, q84 = np.percentile(ratio, [15.87, 50, 84.13])
                 edd_rows.append((band, flux_edges_all[k], flux_edges_all[k + 1],
                                  int(np.count_nonzero(m)), float(np.mean(ratio)), q50, q16, q84))
-        # logN-logS (Fig. 10) above the 50 % coverage flux, on the second half
+        # logN-logS (Fig. 10) above the 50 % coverage flux, every simulated catalogue
         f50 = lim["sim_50"]
         lf_grid = np.logspace(math.log10(f50) if np.isfinite(f50) else -14, -12.5, 12)
         n_mean, sig_mean, truth, _ = recovered_lognlogs(res, band, table, centres, area,
@@ -504,6 +504,11 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
             "mean_detections_per_sim": float(res.det_valid.sum(1).mean()),
             "mean_matched_per_sim": float((res.det_valid & res.matched).sum(1).mean()),
             "mean_reliable_per_sim": float(reliable.sum(1).mean()),
+            "mean_above_thresholds_per_sim": {
+                f"{int(round(100 * lv))}": float((res.det_valid & (res.det_ml >= np.nan_to_num(
+                    _thresholds_per_detection(res, table, band, lv), nan=np.inf))).sum(1).mean())
+                for lv in cfg.reliability_levels},
+            "paper_per_map": ns.PAPER_SIMULATION_COUNTS.get(band),
             "thresholds": [{k: (v if not isinstance(v, (float, np.floating)) or np.isfinite(v)
                                 else None)
                             for k, v in zip(table.colnames, [x.item() if hasattr(x, "item")
