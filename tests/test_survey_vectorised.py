@@ -351,3 +351,25 @@ def test_filler_rescaling_keeps_fixed_background(field):
     np.testing.assert_allclose(lam[good].sum(), target, rtol=1e-10)
     np.testing.assert_allclose(lam[good] - np.asarray(lam0)[good], -0.05 * filler[good],
                                rtol=1e-8, atol=1e-12)
+
+
+@pytest.mark.parametrize("mean", [0.3, 7.99, 8.5, 40.0, 600.0])
+def test_poisson_image_distribution(mean):
+    """The split sampler (inverse CDF below 8 counts + jax.random.poisson for the excess) is
+    Poisson: chi-square of the histogram against scipy.stats.poisson."""
+    n_side = 150
+    lam = np.full((n_side, n_side), 0.5)
+    lam.ravel()[:4000] = mean
+    counts, n_bright = ss.poisson_image(jax.random.PRNGKey(int(mean * 10)), jnp.asarray(lam))
+    x = np.asarray(counts).ravel()[:4000]
+    assert int(n_bright) == (4000 if mean > ss.POISSON_SPLIT_MEAN else 0)
+    lo, hi = stats.poisson.ppf([1e-4, 1 - 1e-4], mean)
+    edges = np.unique(np.linspace(lo, hi + 1, 25).astype(int))
+    obs = np.histogram(x, np.concatenate([[-0.5], edges[1:-1] - 0.5, [np.inf]]))[0]
+    cdf = stats.poisson.cdf(edges[1:-1] - 1, mean)
+    expct = np.diff(np.concatenate([[0.0], cdf, [1.0]])) * x.size
+    keep = expct > 5
+    chi2 = np.sum((obs[keep] - expct[keep]) ** 2 / expct[keep])
+    assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3
+    rest = np.asarray(counts).ravel()[4000:]
+    assert abs(rest.mean() - 0.5) < 5 * math.sqrt(0.5 / rest.size)

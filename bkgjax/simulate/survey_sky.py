@@ -74,6 +74,7 @@ __all__ = [
     "fft_convolve_same",
     "SkyCatalogue",
     "simulate_sky",
+    "poisson_image",
 ]
 
 PHOTON_INDEX = 1.8
@@ -196,7 +197,8 @@ class SkyCatalogue(NamedTuple):
     """Input catalogue of one mock sky (arrays of length ``max_sources``): x, y (0-based
     pixels), flux (3-24 keV or the logN-logS band, erg cm^-2 s^-1, total), band_flux (in the
     simulated band), exposure (s, at the source pixel), counts (expected total PSF counts),
-    valid, and n_drawn (Poisson number drawn, > max_sources means truncation)."""
+    valid, n_drawn (Poisson number drawn, > max_sources means truncation) and
+    n_bright_pixels (pixels above :data:`POISSON_SPLIT_MEAN`, see :func:`poisson_image`)."""
 
     x: jax.Array
     y: jax.Array
@@ -206,6 +208,7 @@ class SkyCatalogue(NamedTuple):
     counts: jax.Array
     valid: jax.Array
     n_drawn: jax.Array
+    n_bright_pixels: jax.Array = 0
 
 
 def _splat_bilinear(shape, x, y, w):
@@ -284,6 +287,44 @@ def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     k_sky, k_poisson = jax.random.split(key)
     lam, cat = expected_sky(k_sky, exposure, background, pixel_scale_arcsec, band, lognlogs,
                             psf, max_sources, match_total_counts, psf_radius_arcsec, filler)
-    counts = jax.random.poisson(k_poisson, lam).astype(jnp.float64)
+    counts, n_bright = poisson_image(k_poisson, lam)
     counts = jnp.where(jnp.asarray(exposure) > 0, counts, 0.0)
-    return counts, cat
+    return counts, cat._replace(n_bright_pixels=n_bright)
+
+
+POISSON_SPLIT_MEAN = 8.0
+"""Pixel means are split at this value for :func:`poisson_image`."""
+
+
+def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: int = 16384):
+    r"""Exact Poisson realisation of an image of means, fast on CPU.
+
+    :math:`\mathrm{Poisson}(\lambda) = \mathrm{Poisson}(\min(\lambda, L)) +
+    \mathrm{Poisson}(\max(\lambda - L, 0))` (independent Poisson variables add): the first
+    term for every pixel by inversion of the CDF with one uniform
+    (:func:`bkgjax.simulate.nustar_campaign.poisson_inverse_cdf`'s walk, a fused elementwise
+    kernel), the second only for the few pixels brighter than :math:`L` (source cores),
+    gathered into a list of ``max_bright`` entries and drawn with ``jax.random.poisson``.
+    Returns (counts as float64, number of pixels above L); more than ``max_bright`` such pixels
+    would leave the excess of the others undrawn, so callers must check the number
+    (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` does)."""
+    from .nustar_campaign import _walk
+
+    lam = jnp.asarray(lam, jnp.float64)
+    k_u, k_b = jax.random.split(key)
+    small = jnp.minimum(lam, split_mean)
+    u = jax.random.uniform(k_u, lam.shape, dtype=jnp.float64)
+    sd = math.sqrt(split_mean)
+    n_unroll = int(16 * math.ceil((split_mean + 4.0 * sd + 6.0) / 16))
+    j_max = int(64 * math.ceil((split_mean + 15.0 * sd + 40.0) / 64))
+    counts = _walk(u, small, n_unroll, j_max).astype(jnp.float64)
+    excess = (lam - small).ravel()
+    bright = excess > 0
+    n_bright = jnp.sum(bright).astype(jnp.int32)
+    n_pix = excess.size
+    size = int(min(n_pix, max_bright))
+    idx = jnp.nonzero(bright, size=size, fill_value=n_pix)[0]
+    mean = jnp.where(idx < n_pix, excess[jnp.minimum(idx, n_pix - 1)], 0.0)
+    extra = jax.random.poisson(k_b, mean).astype(jnp.float64)
+    counts = counts.ravel().at[idx].add(extra, mode="drop").reshape(lam.shape)
+    return counts, n_bright
