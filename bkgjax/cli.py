@@ -13,6 +13,8 @@
   hardness ratios and the epoch variability test.
 * ``bkgjax acis-pback EVT --region REG --rmf RMF --out BKG.pha``: Chandra ACIS particle
   background of a region from the mkacispback templates (Suzuki et al. 2021).
+* ``bkgjax isgri-ridge --scw SCW --crab CRAB --out DIR [--demo]``: INTEGRAL/IBIS-ISGRI
+  Galactic ridge fluxes, profiles and spectra (Krivonos et al., integral_ibis_galactic_background.txt).
 * ``bkgjax demo-spectrum``: the core engine on the shipped Chandra ACIS spectrum of DG Tau
   (C-stat/W-stat fits, profile errors, NUTS posterior).
 """
@@ -507,12 +509,18 @@ def main(argv=None) -> int:
     cat.add_argument("--out", required=True, help="master catalogue (.fits or .ecsv)")
 
     from .pipelines.acis_pback import add_acis_pback_parser
+    from .pipelines.isgri_ridge import add_isgri_ridge_parser
 
     add_acis_pback_parser(sub)
+    add_isgri_ridge_parser(sub)
 
     args = parser.parse_args(argv)
     if args.command == "acis-pback":
         return args.func(args)
+    if args.command == "isgri-ridge":
+        from .pipelines.isgri_ridge import run_isgri_ridge
+
+        return run_isgri_ridge(args)
     if args.command == "simulate-survey":
         return _simulate_survey(args)
     if args.command == "catalogue":

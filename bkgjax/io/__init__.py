@@ -21,6 +21,15 @@ from .chandra_events import (
     region_slice_fractions,
     write_chandra_events,
 )
+from .isgri_tables import (
+    CrabData,
+    ScwData,
+    band_names,
+    check_same_bands,
+    read_crab_table,
+    read_profile,
+    read_scw_table,
+)
 from .ogip import (
     ARF,
     PHA,
@@ -77,4 +86,11 @@ __all__ = [
     "read_region",
     "region_slice_fractions",
     "write_chandra_events",
+    "CrabData",
+    "ScwData",
+    "band_names",
+    "check_same_bands",
+    "read_crab_table",
+    "read_profile",
+    "read_scw_table",
 ]
