@@ -148,6 +148,10 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
         ax.fill_between(grid, n_rec - sig, n_rec + sig, color="orange", alpha=0.4,
                         label="recovered (mean), 1 sigma of one catalogue")
         ax.plot(grid, n_rec, color="orange")
+        if "lf_measured" in d:
+            g2, n2, s2, _ = d["lf_measured"]
+            ax.errorbar(g2, n2, yerr=s2, fmt="s", ms=3, color="purple", lw=0.8,
+                        label="recovered, coverage vs measured flux (2nd half)")
         ax.plot(grid, truth, "b-.", label="input logN-logS")
         ax.set_xscale("log")
         ax.set_yscale("log")

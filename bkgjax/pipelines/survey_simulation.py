@@ -17,10 +17,16 @@ band, ``n_sims`` mock skies + detection + matching
 * Rayleigh fits of the input-output separations (Fig. 7; all matched, above the 95 %
   threshold, bright and faint), measured versus input flux (Eddington bias, Fig. 8);
 * the logN-logS (eqs. 2-3) recovered from the simulated catalogues against the input one
-  (Fig. 10), above the 50 %-coverage flux;
-* a check that the reliability curve predicts the number of spurious detections: thresholds
-  calibrated on the first half of the simulations, spurious counts measured on the second
-  half, log-log slope of measured versus predicted.
+  (Fig. 10), above the 50 %-coverage flux, with the paper's coverage (completeness versus
+  input flux) and with a coverage versus measured flux calibrated on the first half of the
+  simulations and applied to the second (:func:`measured_flux_coverage`), which also corrects
+  the Eddington bias;
+* a check that the reliability curve predicts the number of spurious detections: the
+  differential matched fraction in DET_ML bins calibrated on the first half of the
+  simulations, spurious counts measured on the second half, log-log slope of measured versus
+  predicted (:func:`spurious_prediction`);
+* the raw per-simulation arrays (``simulations_<band>.npz``, the fields of
+  :class:`~bkgjax.pipelines.survey_vectorised.SimResults`) for further analysis.
 
 Configuration (all keys optional except where noted; the shipped ``nep_like.toml`` is the
 default, see :func:`default_config_path`)::
@@ -76,6 +82,7 @@ __all__ = [
     "rayleigh_fit",
     "measured_fluxes",
     "spurious_prediction",
+    "measured_flux_coverage",
     "recovered_lognlogs",
     "run_survey_simulation",
 ]
@@ -318,48 +325,74 @@ def _thresholds_per_detection(results, table, band, level):
     return sc._threshold_per_detection(table, results.det_exposure, band, level)
 
 
-def spurious_prediction(results, intervals, band: str, det_ml_grid=None):
-    """Calibrate the cumulative reliability on the first half of the simulations and predict
-    the spurious detections (DET_ML >= t) of the second half: predicted
-    :math:`(1 - R_\\mathrm{cal}(t))\\,N_\\mathrm{test}(\\ge t)`, measured = unmatched test
-    detections.  Returns rows (interval, t, predicted, measured) with predicted >= 1 and the
-    weighted log-log slope of measured versus predicted with its 1-sigma error (Poisson
-    weights)."""
-    grid = np.arange(5.0, 30.0, 1.0) if det_ml_grid is None else np.asarray(det_ml_grid)
+def spurious_prediction(results, intervals, band: str, det_ml_edges=None):
+    """Calibrate the reliability on the first half of the simulations and predict the
+    spurious detections of the second half, in independent DET_ML bins ``[t_k, t_k+1)`` (the
+    last bin open): predicted :math:`(1 - r_\mathrm{cal,k})\,N_\mathrm{test,k}` with the
+    differential matched fraction :math:`r_\mathrm{cal,k}` of the first half, measured = the
+    unmatched test detections.  Returns rows (exp_min_ks, exp_max_ks, t_k, predicted,
+    measured) with predicted >= 1 and the log-log slope of measured versus predicted
+    (weighted least squares, weights = measured counts, i.e. var(ln N) = 1/N) with its
+    1-sigma error."""
+    edges = np.arange(5.0, 31.0, 1.0) if det_ml_edges is None else np.asarray(det_ml_edges)
+    upper = np.append(edges[1:], np.inf)
     n = results.det_ml.shape[0]
     half = n // 2
-    cal = slice(0, half)
-    test = slice(half, n)
     expo_ks = np.asarray(results.det_exposure, float) / 1e3
     rows = []
     for lo, hi in intervals:
-        curve = sc.reliability_curve(results.det_ml[cal], results.matched[cal], expo_ks[cal],
-                                     grid, (lo, hi), valid=results.det_valid[cal])
-        sel = (sc._in_interval(expo_ks[test], (lo, hi)) & results.det_valid[test])
-        d = results.det_ml[test][sel]
-        spur = ~results.matched[test][sel]
-        for k, t in enumerate(grid):
-            if not np.isfinite(curve.reliability[k]):
+        sel = sc._in_interval(expo_ks, (lo, hi)) & np.asarray(results.det_valid, bool)
+        d = np.asarray(results.det_ml, float)
+        m = np.asarray(results.matched, bool)
+        cal = np.zeros_like(sel)
+        cal[:half] = True
+        for t0, t1 in zip(edges, upper):
+            in_bin = sel & (d >= t0) & (d < t1)
+            n_cal = np.count_nonzero(in_bin & cal)
+            if n_cal == 0:
                 continue
-            n_test = np.count_nonzero(d >= t)
-            pred = (1.0 - curve.reliability[k]) * n_test
-            meas = np.count_nonzero((d >= t) & spur)
+            r_cal = np.count_nonzero(in_bin & cal & m) / n_cal
+            test = in_bin & ~cal
+            pred = (1.0 - r_cal) * np.count_nonzero(test)
+            meas = np.count_nonzero(test & ~m)
             if pred >= 1.0:
-                rows.append((lo, hi, float(t), float(pred), int(meas)))
+                rows.append((lo, hi, float(t0), float(pred), int(meas)))
     if len(rows) < 2:
         return rows, math.nan, math.nan
     pred = np.array([r[3] for r in rows])
     meas = np.array([r[4] for r in rows], float)
     use = meas > 0
-    x, y = np.log(pred[use]), np.log(meas[use])
-    wts = meas[use]  # var(log N) ~ 1/N
     if use.sum() < 2:
         return rows, math.nan, math.nan
+    x, y, wts = np.log(pred[use]), np.log(meas[use]), meas[use]
     xm = np.sum(wts * x) / np.sum(wts)
     ym = np.sum(wts * y) / np.sum(wts)
     sxx = np.sum(wts * (x - xm) ** 2)
     slope = float(np.sum(wts * (x - xm) * (y - ym)) / sxx)
     return rows, slope, float(1.0 / math.sqrt(sxx))
+
+
+def measured_flux_coverage(results, band, thresholds, total_area_deg2, flux_edges, *,
+                           level=0.95, sims=slice(None)):
+    r"""Sky coverage against *measured* flux from the simulations ``sims``:
+    :math:`\Omega(S) = A\,N_\mathrm{det}(S)/N_\mathrm{in}(S)`, the number of reliable
+    detections whose measured flux falls in the bin over the number of input sources whose
+    input flux falls in it, times the total area.  Used with measured fluxes in eq. (2) it
+    corrects the Eddington bias and the incompleteness together (the ratio can exceed 1 near
+    the limit).  Returns (flux centres, area)."""
+    thr = _thresholds_per_detection(results, thresholds, band, level)
+    ok = (np.asarray(results.det_valid, bool)
+          & (np.asarray(results.det_ml, float) >= np.nan_to_num(thr, nan=np.inf)))[sims]
+    f_meas = measured_fluxes(results, band)[sims][ok]
+    src = np.asarray(results.src_valid, bool)[sims] & (np.asarray(results.src_exposure)[sims]
+                                                        > 0)
+    f_in = np.asarray(results.src_band_flux, float)[sims][src]
+    n_det = np.histogram(f_meas, flux_edges)[0].astype(float)
+    n_in = np.histogram(f_in, flux_edges)[0].astype(float)
+    with np.errstate(invalid="ignore", divide="ignore"):
+        ratio = np.where(n_in > 0, n_det / np.maximum(n_in, 1.0), 0.0)
+    centres = np.sqrt(np.asarray(flux_edges[:-1]) * np.asarray(flux_edges[1:]))
+    return centres, ratio * total_area_deg2
 
 
 def recovered_lognlogs(results, band, thresholds, coverage_flux, coverage_area, lognlogs,
@@ -435,6 +468,8 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
             max_candidates=cfg.max_candidates, match_total_counts=target, filler=fld.fcxb,
             batch_size=cfg.batch_size, batches_per_chunk=cfg.batches_per_chunk,
             progress=progress)
+        np.savez_compressed(os.path.join(out_dir, f"simulations_{band}.npz"),
+                            **res._asdict())
         table = sc.threshold_table(res, cfg.exposure_intervals_ks, cfg.reliability_levels,
                                    band)
         thr_tables.append(table)
@@ -482,14 +517,24 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
                 q16, q50, q84 = np.percentile(ratio, [15.87, 50, 84.13])
                 edd_rows.append((band, flux_edges_all[k], flux_edges_all[k + 1],
                                  int(np.count_nonzero(m)), float(np.mean(ratio)), q50, q16, q84))
-        # logN-logS (Fig. 10) above the 50 % coverage flux, every simulated catalogue
+        # logN-logS (Fig. 10) above the 50 % coverage flux: (a) the paper's estimator
+        # (coverage vs input flux) on every catalogue; (b) coverage vs measured flux
+        # calibrated on the first half of the simulations, applied to the second half
         f50 = lim["sim_50"]
         lf_grid = np.logspace(math.log10(f50) if np.isfinite(f50) else -14, -12.5, 12)
         n_mean, sig_mean, truth, _ = recovered_lognlogs(res, band, table, centres, area,
                                                         lognlogs, lf_grid, level)
         z = (n_mean - truth) / np.where(sig_mean > 0, sig_mean, np.inf)
+        half = n_sims // 2
+        mc_flux, mc_area = measured_flux_coverage(res, band, table, sim_cov.total_area_deg2,
+                                                  flux_edges_all, level=level,
+                                                  sims=slice(0, half))
+        n_mean_m, sig_mean_m, _, _ = recovered_lognlogs(res, band, table, mc_flux, mc_area,
+                                                        lognlogs, lf_grid, level, first=half)
+        z_m = (n_mean_m - truth) / np.where(sig_mean_m > 0, sig_mean_m, np.inf)
         for k in range(lf_grid.size):
-            lf_rows.append((band, lf_grid[k], truth[k], n_mean[k], sig_mean[k], z[k]))
+            lf_rows.append((band, lf_grid[k], truth[k], n_mean[k], sig_mean[k], z[k],
+                            n_mean_m[k], sig_mean_m[k], z_m[k]))
         rows, slope, slope_err = spurious_prediction(res, cfg.exposure_intervals_ks, band)
         for r in rows:
             spur_rows.append((band,) + tuple(r))
@@ -521,9 +566,12 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
             "completeness_bright_gt_3e-13": bright_completeness,
             "spurious_loglog_slope": slope, "spurious_loglog_slope_error": slope_err,
             "lognlogs_max_abs_z_above_f50": float(np.nanmax(np.abs(z))) if z.size else None,
+            "lognlogs_measured_coverage_max_abs_z_above_f50":
+                float(np.nanmax(np.abs(z_m))) if z_m.size else None,
         }
         per_band[band] = dict(results=res, field=fld, table=table, sim_cov=sim_cov,
                               ana_cov=ana_cov, per=per, lf=(lf_grid, n_mean, sig_mean, truth),
+                              lf_measured=(lf_grid, n_mean_m, sig_mean_m, truth),
                               sep=sep, reliable=reliable, f_meas=f_meas, f_in=f_in,
                               spur=rows)
     thresholds = vstack(thr_tables)
@@ -539,7 +587,8 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
     Table(rows=cov_rows, names=("band", "flux", "area_sim_deg2", "area_analytic_deg2")
           ).write(os.path.join(out_dir, "sky_coverage.ecsv"), overwrite=True)
     Table(rows=lf_rows or None, names=("band", "flux", "n_input", "n_recovered", "sigma",
-                                       "z")).write(os.path.join(out_dir, "lognlogs.ecsv"),
+                                       "z", "n_recovered_measured_cov", "sigma_measured_cov",
+                                       "z_measured_cov")).write(os.path.join(out_dir, "lognlogs.ecsv"),
                                                    overwrite=True)
     Table(rows=edd_rows or None, names=("band", "flux_lo", "flux_hi", "n", "mean_ratio",
                                         "median_ratio", "q16", "q84")
