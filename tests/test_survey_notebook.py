@@ -8,66 +8,22 @@ Skipped with a reason when nbformat/nbclient/ipykernel or a ``python3`` kernel a
 from __future__ import annotations
 
 import json
-import os
-import time
-from pathlib import Path
 
-import pytest
+from notebook_support import ROOT, assert_committed_clean, execute, outputs
 
-ROOT = Path(__file__).resolve().parents[1]
 NOTEBOOK = ROOT / "notebooks" / "survey_calibration.ipynb"
 
 
-def _require_jupyter():
-    for module in ("nbformat", "nbclient", "ipykernel"):
-        pytest.importorskip(module, reason=f"executing notebooks needs {module}")
-    from jupyter_client.kernelspec import KernelSpecManager, NoSuchKernel
-
-    try:
-        KernelSpecManager().get_kernel_spec("python3")
-    except NoSuchKernel:
-        pytest.skip("no 'python3' Jupyter kernel available (pip install ipykernel)")
-
-
-def _outputs(nb):
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            yield from cell.get("outputs", [])
-
-
 def test_committed_clean():
-    nbformat = pytest.importorskip("nbformat")
-    nb = nbformat.read(NOTEBOOK, as_version=4)
-    assert nb.metadata["kernelspec"]["name"] == "python3"
-    assert any("parameters" in c.metadata.get("tags", []) for c in nb.cells)
-    for cell in nb.cells:
-        if cell.cell_type == "code":
-            assert not cell.get("outputs") and cell.get("execution_count") is None
+    assert_committed_clean(NOTEBOOK)
 
 
 def test_survey_calibration_notebook_reduced(monkeypatch, tmp_path):
-    _require_jupyter()
-    import nbformat
-    from nbclient import NotebookClient
-
-    nb = nbformat.read(NOTEBOOK, as_version=4)
     result_path = tmp_path / "survey_nb_result.json"
-    # inherited by the kernel process
-    monkeypatch.setenv("BKGJAX_NB_NSIMS", "16")
-    monkeypatch.setenv("BKGJAX_NB_SMALL", "1")
-    monkeypatch.setenv("BKGJAX_NB_RESULT", str(result_path))
-    monkeypatch.setenv("MPLBACKEND", "Agg")
-    old = os.environ.get("PYTHONPATH")
-    monkeypatch.setenv("PYTHONPATH", os.pathsep.join([str(ROOT)] + ([old] if old else [])))
-    client = NotebookClient(nb, timeout=300, kernel_name="python3",
-                            resources={"metadata": {"path": str(NOTEBOOK.parent)}})
-    start = time.perf_counter()
-    client.execute()
-    elapsed = time.perf_counter() - start
-
-    errors = [o for o in _outputs(nb) if o.get("output_type") == "error"]
-    assert not errors, f"cell raised: {errors[0].get('ename')}: {errors[0].get('evalue')}"
-    images = [o for o in _outputs(nb) if "image/png" in o.get("data", {})]
+    nb = execute(NOTEBOOK, monkeypatch, {"BKGJAX_NB_NSIMS": "16", "BKGJAX_NB_SMALL": "1",
+                                         "BKGJAX_NB_RESULT": str(result_path),
+                                         "MPLBACKEND": "Agg"}, timeout=300)
+    images = [o for o in outputs(nb) if "image/png" in o.get("data", {})]
     # exposure/background, reliability, completeness, sky coverage
     assert len(images) >= 4, f"expected >= 4 figures, got {len(images)}"
 
@@ -90,4 +46,3 @@ def test_survey_calibration_notebook_reduced(monkeypatch, tmp_path):
     assert res["coverage_total_deg2"] <= res["area_deg2"] * (1 + 1e-9)
     if res["flux_20pct"] is not None and res["flux_50pct"] is not None:
         assert 1e-15 < res["flux_20pct"] <= res["flux_50pct"] < 1e-12
-    assert elapsed < 90, f"reduced notebook took {elapsed:.0f} s (limit 90 s)"
