@@ -317,7 +317,10 @@ def _spectra(result: RidgeResult):
             "e_lo": [isgri.band_edges(b)[0] for b, _ in rows],
             "e_hi": [isgri.band_edges(b)[1] for b, _ in rows],
             "mcrab": [r["value"] for _, r in rows],
-            "error": [r["error"] for _, r in rows],
+            # the fits use total_error (orbit-clustered and Crab-calibration errors included):
+            # the paper's sigma/sqrt(N) alone under-covers (see analyse) and inflates chi^2
+            "error": [r.get("total_error", r["error"]) for _, r in rows],
+            "error_paper": [r["error"] for _, r in rows],
         }
     out = {"regions": spectra}
     try:
@@ -330,7 +333,8 @@ def _spectra(result: RidgeResult):
     if fitter is None:
         out["fit_note"] = "bkgjax.pipelines.isgri_spectra has no fit_region_spectra: skipped"
         return out
-    out["fits"] = fitter(spectra)
+    out["fits"] = fitter({k: {q: v[q] for q in ("e_lo", "e_hi", "mcrab", "error")}
+                          for k, v in spectra.items()})
     return out
 
 
@@ -590,6 +594,27 @@ def save_figures(result: RidgeResult, out, *, comparison=None, truth=None):
 # CLI
 
 
+def _spectrum_figures(spectra: dict, out) -> list:
+    """``spectrum_<region>.png`` (paper Figs. 3-4 layout, with the fits) for every fitted
+    region spectrum of the results."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from .isgri_spectra import plot_ridge_spectrum
+
+    paths = []
+    for name, fit in (spectra.get("fits") or {}).items():
+        if not isinstance(fit, dict) or "skipped" in fit:
+            continue
+        fig = plot_ridge_spectrum(fit, title=f"{name}: ridge spectrum")
+        paths.append(Path(out) / f"spectrum_{_safe(name)}.png")
+        fig.savefig(paths[-1], dpi=110)
+        plt.close(fig)
+    return paths
+
+
 def parse_region(text: str) -> isgri.Region:
     """``NAME:L:B:WIDTH:HEIGHT`` (deg) -> :class:`~bkgjax.instruments.isgri.Region`."""
     parts = text.split(":")
@@ -694,6 +719,8 @@ def run_isgri_ridge(args) -> int:
         fh.write("\n")
     figures = [] if args.no_figures else save_figures(result, out, comparison=comparison,
                                                       truth=truth)
+    if not args.no_figures:
+        figures += _spectrum_figures(payload.get("spectra") or {}, out)
     bands = result.data.bands
     print(f"{'region':14s} " + " ".join(f"{b + ' keV':>22s}" for b in bands))
     for name, per_band in result.regions.items():
