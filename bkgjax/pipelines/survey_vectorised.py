@@ -76,7 +76,7 @@ __all__ = [
 ]
 
 _LN10 = math.log(10.0)
-_LARGE_COUNTS = 200.0  # aperture counts above which log P is evaluated in a separate list
+_LARGE_COUNTS = 1500.0  # aperture counts above which log P is evaluated in a separate list
 _BKG_FLOOR = 1e-12
 
 
@@ -145,7 +145,7 @@ def _sparse_log_false_probability(c, b, good, eval_fraction: float,
     large = need & (c > _LARGE_COUNTS)
     n_moderate = jnp.sum(moderate).astype(jnp.int32)
     n_large = jnp.sum(large).astype(jnp.int32)
-    large_eval = int(min(n_pix, max(4096, max_eval // 8)))
+    large_eval = int(min(n_pix, max(4096, max_eval // 4)))
     flat = jnp.zeros(n_pix, jnp.float64)
     for mask, size in ((moderate, max_eval), (large, large_eval)):
         idx = jnp.nonzero(mask.ravel(), size=size, fill_value=n_pix)[0]
@@ -586,9 +586,11 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     if max_eval < exposure.size and np.any(res.n_logp_needed > max_eval):
         raise RuntimeError(
             f"{int(np.sum(res.n_logp_needed > max_eval))} simulations needed the exact false "
-            f"probability on more than eval_fraction={cfg.eval_fraction} of the pixels (max "
-            f"{int(res.n_logp_needed.max())} of {exposure.size}); candidates may be missing. "
-            "Rerun with a larger eval_fraction (1.0 evaluates every pixel).")
+            f"probability on more pixels than the list of eval_fraction={cfg.eval_fraction} of "
+            f"the image holds (max {int(res.n_logp_needed.max())}, {exposure.size + 1} meaning "
+            f"that the list of pixels above {_LARGE_COUNTS:g} aperture counts overflowed); "
+            "candidates may be missing. Rerun with a larger eval_fraction (1.0 evaluates every "
+            "pixel).")
     if np.any(res.n_bright_pixels > 16384):
         raise RuntimeError(
             f"a mock sky had {int(res.n_bright_pixels.max())} pixels with a mean above "
