@@ -326,7 +326,7 @@ def _thresholds_per_detection(results, table, band, level):
 
 
 def spurious_prediction(results, intervals, band: str, det_ml_edges=None):
-    """Calibrate the reliability on the first half of the simulations and predict the
+    r"""Calibrate the reliability on the first half of the simulations and predict the
     spurious detections of the second half, in independent DET_ML bins ``[t_k, t_k+1)`` (the
     last bin open): predicted :math:`(1 - r_\mathrm{cal,k})\,N_\mathrm{test,k}` with the
     differential matched fraction :math:`r_\mathrm{cal,k}` of the first half, measured = the
