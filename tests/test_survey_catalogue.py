@@ -303,3 +303,39 @@ def test_end_to_end_with_detect():
     assert cat["SEP_8_24"][both] < 30
     # hard fraction 200/450 vs 0: the soft-only source has the lower HR
     assert cat["HR"][soft_only] < cat["HR_UPPER"][soft_only] < cat["HR_LOWER"][both]
+
+
+def test_catalogue_cli(tmp_path, capsys):
+    """`bkgjax catalogue` on FITS mosaics: two bands with a PSF-spread source, an ECSV master
+    catalogue with units; a missing file is a clear error (exit 2)."""
+    from astropy.table import Table
+
+    from bkgjax.cli import main
+    from bkgjax.io.images import write_survey_image
+    from bkgjax.simulate import survey_sky
+
+    rng = np.random.default_rng(8)
+    kernel = survey_sky.psf_kernel(PIX)
+    args = []
+    for band, src, bkg_level in (("3-8", 400.0, 0.02), ("8-24", 250.0, 0.03)):
+        point = np.zeros((101, 101))
+        point[50, 50] = src
+        lam = np.asarray(survey_sky.fft_convolve_same(point, kernel)) + bkg_level
+        counts = rng.poisson(lam).astype(float)
+        img = _images(counts, bkg_level, 3.0e4)
+        paths = []
+        for name, data in (("c", img.counts), ("b", img.background), ("e", img.exposure)):
+            path = tmp_path / f"{band}_{name}.fits"
+            write_survey_image(path, data, img.wcs)
+            paths.append(str(path))
+        args += ["--band", band] + paths
+    out = tmp_path / "master.ecsv"
+    assert main(["catalogue"] + args + ["--thresholds", "paper", "--out", str(out)]) == 0
+    master = Table.read(out)
+    assert len(master) >= 1
+    assert str(master["RA"].unit) == "deg"
+    assert "wrote" in capsys.readouterr().out
+    bad = args.copy()
+    bad[1 + 1] = str(tmp_path / "missing.fits")
+    assert main(["catalogue"] + bad + ["--out", str(tmp_path / "x.fits")]) == 2
+    assert "missing.fits" in capsys.readouterr().err

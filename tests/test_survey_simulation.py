@@ -81,12 +81,17 @@ def test_rayleigh_fit_recovers_scale():
                                                                                rel=1e-3)
 
 
-def test_simulate_survey_small_end_to_end(tmp_path):
+def test_simulate_survey_small_end_to_end(tmp_path, capsys):
+    """Through the CLI (`bkgjax simulate-survey CONFIG --out DIR`)."""
+    from bkgjax.cli import main
+
     cfg_path = tmp_path / "small.toml"
     cfg_path.write_text(SMALL)
-    cfg = ssim.read_survey_config(cfg_path)
     out = tmp_path / "out"
-    summary = ssim.run_survey_simulation(cfg, str(out), progress=False)
+    assert main(["simulate-survey", str(cfg_path), "--out", str(out), "--no-progress"]) == 0
+    printed = capsys.readouterr().out
+    assert "8 simulations per band" in printed and "flux at 20/50 % coverage" in printed
+    summary = json.loads((out / "summary.json").read_text())
     for name in ("thresholds.ecsv", "reliability.ecsv", "completeness.ecsv",
                  "sky_coverage.ecsv", "lognlogs.ecsv", "flux_ratio.ecsv",
                  "spurious_check.ecsv", "summary.json", "fig4_reliability_completeness.png",
@@ -98,8 +103,7 @@ def test_simulate_survey_small_end_to_end(tmp_path):
     thr = read_thresholds(str(out / "thresholds.ecsv"))
     assert list(thr["band"]) == ["3-24", "3-24"]
     assert {"det_ml_95", "det_ml_99", "det_ml_95_lo", "det_ml_95_hi"} <= set(thr.colnames)
-    s = json.loads((out / "summary.json").read_text())
-    b = s["bands"]["3-24"]
+    b = summary["bands"]["3-24"]
     assert b["mean_inputs_per_sim"] > 5 and b["mean_detections_per_sim"] > 0
     assert b["rayleigh_sigma_arcsec"]["all"]["n"] > 0
     assert summary["n_sims"] == 8
