@@ -459,11 +459,12 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
                                                                                 range(7))
     per_band = {}
     flux_edges_all = np.logspace(-15.5, -12, 36)
-    for b_i, band in enumerate(bands):
+    for band in bands:
         fld = build_field(cfg, band)
         target = float(fld.background.sum())
+        # the band's seed depends on the band, not on which bands are run together
         res = sv.simulate_and_detect(
-            cfg.seed + 1000 * b_i, n_sims, fld.exposure, fld.background,
+            cfg.seed + 1000 * list(ns.BANDS).index(band), n_sims, fld.exposure, fld.background,
             fld.pixel_scale_arcsec, band=band, lognlogs=lognlogs,
             max_candidates=cfg.max_candidates, match_total_counts=target, filler=fld.fcxb,
             batch_size=cfg.batch_size, batches_per_chunk=cfg.batches_per_chunk,
