@@ -544,25 +544,19 @@ def main(argv=None):
         out["results"][mode] = r
         print(json.dumps(r, indent=1)[:3000], flush=True)
         if mode == "jax":
-            for bs in [int(b) for b in args.extra_batch_sizes.split(",") if b.strip()]:
-                if bs == args.batch_size:
-                    continue
-                a2 = argparse.Namespace(**vars(args))
-                a2.batch_size, a2.profile = bs, False
-                print(f"[{time.strftime('%H:%M:%S')}] jax batch_size={bs} ...", flush=True)
+            variants = [(f"jax_batch{bs}", f"batch_size={bs}", {"batch_size": bs})
+                        for bs in (int(b) for b in args.extra_batch_sizes.split(",")
+                                   if b.strip()) if bs != args.batch_size]
+            variants += [(f"jax_eval{ef:g}", f"eval_fraction={ef}", {"eval_fraction": ef})
+                         for ef in (float(e) for e in args.extra_eval_fractions.split(",")
+                                    if e.strip())]
+            for key, label, change in variants:
+                a2 = argparse.Namespace(**{**vars(args), **change, "profile": False})
+                print(f"[{time.strftime('%H:%M:%S')}] jax {label} ...", flush=True)
                 load0 = list(os.getloadavg())
                 r = _run_worker(mode, a2)
                 r["load_average_start_end"] = [load0, list(os.getloadavg())]
-                out["results"][f"jax_batch{bs}"] = r
-                print(json.dumps(r, indent=1)[:3000], flush=True)
-            for ef in [float(e) for e in args.extra_eval_fractions.split(",") if e.strip()]:
-                a2 = argparse.Namespace(**vars(args))
-                a2.eval_fraction, a2.profile = ef, False
-                print(f"[{time.strftime('%H:%M:%S')}] jax eval_fraction={ef} ...", flush=True)
-                load0 = list(os.getloadavg())
-                r = _run_worker(mode, a2)
-                r["load_average_start_end"] = [load0, list(os.getloadavg())]
-                out["results"][f"jax_eval{ef:g}"] = r
+                out["results"][key] = r
                 print(json.dumps(r, indent=1)[:3000], flush=True)
     r = out["results"]
     jt = r.get("jax", {}).get("per_sim_s")

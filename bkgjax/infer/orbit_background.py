@@ -370,8 +370,11 @@ def orbit_background_model(data, *, n_regions, trend=False, random_walk="mixed",
 _SAMPLERS: dict = {}
 
 
-def _mcmc(config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth):
-    key = (config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth)
+def _mcmc(config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth,
+          shapes=()):
+    # the array shapes belong to the key: a numpyro MCMC object keeps the sampler compiled
+    # for the shapes of its first run and fails on data of another size
+    key = (config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth, shapes)
     mcmc = _SAMPLERS.get(key)
     if mcmc is None:
         if len(_SAMPLERS) >= 8:
@@ -439,7 +442,9 @@ def _run(datasets, *, num_warmup, num_samples, num_chains, seed, trend, random_w
     latent_crab = any(np.any(d.crab_rate_err > 0) for d in datasets)
     config = _config(datasets[0].n_regions, trend, random_walk, latent_crab,
                      intensity_prior_mcrab)
-    mcmc = _mcmc(config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth)
+    shapes = tuple(sorted((k, tuple(np.shape(v))) for k, v in arrays.items()))
+    mcmc = _mcmc(config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth,
+                 shapes)
     key_init, key_run = jax.random.split(jax.random.PRNGKey(seed))
     init = _init_params(arrays, pilots, config, num_chains, key_init)
     start = time.perf_counter()

@@ -264,7 +264,6 @@ def hierarchical_regions(result: RidgeResult, *, bands=None, max_orbits=None,
     BKG ScWs are the high-latitude ones outside every region; ScWs neither BKG nor in a region
     are left out (their GRXE is unknown).  ``max_orbits`` keeps the first revolutions only
     (NUTS on the full 2700-orbit mission takes minutes per band and mixes slowly)."""
-    from ..infer import orbit_background as ob
     from ..infer.orbit_background import fit_orbit_background, orbit_data_from_scws
 
     data = result.data
@@ -283,9 +282,6 @@ def hierarchical_regions(result: RidgeResult, *, bands=None, max_orbits=None,
         od, _ = orbit_data_from_scws(data.rev[use], data.phase[use], data.rate[use, j],
                                      data.rate_err[use, j], is_bkg[use], region_masks,
                                      result.crab_rate[use, j])
-        # a fresh sampler per band: the cached numpyro MCMC object keeps its compiled
-        # sampler for the first band's array shapes
-        ob._SAMPLERS.clear()
         fit = fit_orbit_background(od, num_warmup=num_warmup, num_samples=num_samples,
                                    num_chains=num_chains, seed=seed)
         entry = {}

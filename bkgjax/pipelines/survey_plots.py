@@ -19,6 +19,17 @@ def _interval_label(lo, hi):
     return f"> {lo:g} ks" if not np.isfinite(hi) or hi > 1e29 else f"{lo:g}-{hi:g} ks"
 
 
+def _save(fig, out_dir, name):
+    """Lay out, write as PNG (110 dpi) and close one figure; returns its path."""
+    import matplotlib.pyplot as plt
+
+    fig.tight_layout()
+    path = os.path.join(out_dir, name)
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return path
+
+
 def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     """Write fig4_reliability_completeness.png, fig5_sky_coverage.png,
     fig7_separations.png, fig8_flux_comparison.png, fig10_lognlogs.png and
@@ -60,10 +71,7 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
         ax_c.set_ylim(0, 1.05)
         ax_c.set_title(_interval_label(lo, hi))
     axes[0, 0].legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "fig4_reliability_completeness.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "fig4_reliability_completeness.png"))
 
     # Fig. 5: sky coverage
     fig, ax = plt.subplots(figsize=(6, 4.5))
@@ -80,10 +88,7 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     ax.set_ylabel("sky coverage [deg$^2$]")
     ax.set_title("sky coverage at 95 % reliability (thin: analytic)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "fig5_sky_coverage.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "fig5_sky_coverage.png"))
 
     # Fig. 7: input-output separations, first band (3-24 keV if simulated)
     band = "3-24" if "3-24" in per_band else next(iter(per_band))
@@ -111,10 +116,7 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     ax.set_ylabel("normalised number")
     ax.set_title(f"{band} keV")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "fig7_separations.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "fig7_separations.png"))
 
     # Fig. 8: measured vs input flux
     fig, (ax1, ax2) = plt.subplots(2, 1, figsize=(6, 7), sharex=True)
@@ -135,10 +137,7 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     ax2.set_yscale("log")
     ax2.set_xlabel(f"input {band} keV flux [erg cm$^{{-2}}$ s$^{{-1}}$]")
     ax2.set_ylabel("measured / input")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "fig8_flux_comparison.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "fig8_flux_comparison.png"))
 
     # Fig. 10: recovered vs input logN-logS
     fig, axes = plt.subplots(len(per_band), 1, figsize=(6, 3.2 * len(per_band)),
@@ -159,10 +158,7 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
         ax.set_title(f"{band} keV")
         ax.legend(fontsize=8)
     axes[-1, 0].set_xlabel("S [erg cm$^{-2}$ s$^{-1}$]")
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "fig10_lognlogs.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "fig10_lognlogs.png"))
 
     # spurious counts: measured vs predicted by the reliability curve
     fig, ax = plt.subplots(figsize=(5, 5))
@@ -185,8 +181,5 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     ax.set_xlabel("spurious predicted (reliability, first half)")
     ax.set_ylabel("spurious measured (second half)")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    paths.append(os.path.join(out_dir, "spurious_check.png"))
-    fig.savefig(paths[-1], dpi=110)
-    plt.close(fig)
+    paths.append(_save(fig, out_dir, "spurious_check.png"))
     return paths

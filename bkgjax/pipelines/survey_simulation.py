@@ -321,10 +321,6 @@ def measured_fluxes(results, band: str):
     return net / expo * info.cf / ns.APERTURE_CORRECTION
 
 
-def _thresholds_per_detection(results, table, band, level):
-    return sc._threshold_per_detection(table, results.det_exposure, band, level)
-
-
 def spurious_prediction(results, intervals, band: str, det_ml_edges=None):
     r"""Calibrate the reliability on the first half of the simulations and predict the
     spurious detections of the second half, in independent DET_ML bins ``[t_k, t_k+1)`` (the
@@ -380,7 +376,7 @@ def measured_flux_coverage(results, band, thresholds, total_area_deg2, flux_edge
     input flux falls in it, times the total area.  Used with measured fluxes in eq. (2) it
     corrects the Eddington bias and the incompleteness together (the ratio can exceed 1 near
     the limit).  Returns (flux centres, area)."""
-    thr = _thresholds_per_detection(results, thresholds, band, level)
+    thr = sc._threshold_per_detection(thresholds, results.det_exposure, band, level)
     ok = (np.asarray(results.det_valid, bool)
           & (np.asarray(results.det_ml, float) >= np.nan_to_num(thr, nan=np.inf)))[sims]
     f_meas = measured_fluxes(results, band)[sims][ok]
@@ -403,7 +399,7 @@ def recovered_lognlogs(results, band, thresholds, coverage_flux, coverage_area, 
     :math:`N(>S)` in this band and the per-simulation recovered curves."""
     from ..simulate import survey_sky
 
-    thr = _thresholds_per_detection(results, thresholds, band, level)
+    thr = sc._threshold_per_detection(thresholds, results.det_exposure, band, level)
     ok = results.det_valid & (results.det_ml >= np.nan_to_num(thr, nan=np.inf))
     flux = measured_fluxes(results, band)
     cov = sc.SkyCoverage(np.asarray(coverage_flux), np.asarray(coverage_area),
@@ -501,7 +497,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
         lim.update({f"analytic_{int(100 * f)}": sc.flux_limit_at_coverage(ana_cov, f)
                     for f in (0.2, 0.5)})
         # separations (Fig. 7) and fluxes (Fig. 8)
-        thr = _thresholds_per_detection(res, table, band, level)
+        thr = sc._threshold_per_detection(table, res.det_exposure, band, level)
         reliable = res.det_valid & res.matched & (res.det_ml >= np.nan_to_num(thr, nan=np.inf))
         sep = res.separation * fld.pixel_scale_arcsec
         bright = res.matched_flux > 1e-13
@@ -552,7 +548,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
             "mean_reliable_per_sim": float(reliable.sum(1).mean()),
             "mean_above_thresholds_per_sim": {
                 f"{int(round(100 * lv))}": float((res.det_valid & (res.det_ml >= np.nan_to_num(
-                    _thresholds_per_detection(res, table, band, lv), nan=np.inf))).sum(1).mean())
+                    sc._threshold_per_detection(table, res.det_exposure, band, lv), nan=np.inf))).sum(1).mean())
                 for lv in cfg.reliability_levels},
             "paper_per_map": ns.PAPER_SIMULATION_COUNTS.get(band),
             "thresholds": [{k: (v if not isinstance(v, (float, np.floating)) or np.isfinite(v)
