@@ -210,10 +210,29 @@ def test_screened_false_probability_map():
                                       np.asarray(getattr(screened, name)))
     assert 0 < int(screened.n_logp_needed) < 0.4 * n * n
     assert int(np.asarray(full.valid).sum()) > 10
-    with pytest.raises(RuntimeError, match="eval_fraction"):
-        sv.simulate_and_detect(5, 2, expo, bkg, SCALE, batch_size=2, batches_per_chunk=1,
-                               eval_fraction=0.0, max_sources=256, max_candidates=32,
-                               progress=False, match_total_counts=float(counts.sum()) * 3)
+    # the exact screen (count limit from the background sums) gives the same detections and
+    # needs fewer exact evaluations than the first-series-term bound
+    b_sum, limit = sv.detection_background(expo, bkg, RADIUS)
+    exact = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
+                            eval_fraction=0.4, count_limit=limit, background_sum=b_sum)
+    for name in ("x", "y", "valid", "log10p", "det_ml"):
+        np.testing.assert_array_equal(np.asarray(getattr(full, name)),
+                                      np.asarray(getattr(exact, name)))
+    logp_full = np.asarray(sv.intervals.log_false_probability(
+        np.round(np.asarray(sv.tophat_sum_fft(counts, RADIUS, expo)), 9), b_sum)) / np.log(10)
+    n_below = int(np.sum(logp_full <= -2.5))
+    # exact up to the pixels within the 1e-6 safety margin of the threshold
+    assert n_below <= int(exact.n_logp_needed) <= n_below * 1.001
+    assert int(exact.n_logp_needed) < int(screened.n_logp_needed)
+    # too short a list: the chunk is rerun with every pixel evaluated (same maps, same result)
+    # (a sky 20 % brighter than the detection background: > 16384 pixels need log P)
+    kw = dict(batch_size=2, batches_per_chunk=1, max_sources=256, max_candidates=128,
+              progress=False, match_total_counts=0.36 * n * n)
+    with pytest.warns(RuntimeWarning, match="eval_fraction"):
+        short = sv.simulate_and_detect(5, 2, expo, bkg, SCALE, eval_fraction=0.0, **kw)
+    every = sv.simulate_and_detect(5, 2, expo, bkg, SCALE, eval_fraction=1.0, **kw)
+    for a, b in zip(short, every):
+        np.testing.assert_array_equal(a, b)
 
 
 def test_zero_exposure_no_nan(field):
@@ -373,3 +392,31 @@ def test_poisson_image_distribution(mean):
     assert stats.chi2.sf(chi2, keep.sum() - 1) > 1e-3
     rest = np.asarray(counts).ravel()[4000:]
     assert abs(rest.mean() - 0.5) < 5 * math.sqrt(0.5 / rest.size)
+
+
+def test_overlap_matrix_table_matches_numpy_at_edges():
+    """The table form of M_ij (fully exposed aperture table minus the PSF on unexposed
+    aperture pixels) equals survey_detection.psf_overlap_matrix, also for candidates on the
+    image edge and next to an exposure gap, whatever the block size of the edge loop."""
+    rng = np.random.default_rng(11)
+    expo = np.full((120, 150), 1e5)
+    expo[40:60, 70:90] = 0.0  # a gap
+    x = np.concatenate([[0.0, 149.0, 5.0, 69.0, 80.0], rng.integers(0, 150, 15)]).astype(float)
+    y = np.concatenate([[0.0, 119.0, 60.0, 50.0, 61.0], rng.integers(0, 120, 15)]).astype(float)
+    valid = np.ones(x.size, bool)
+    valid[-1] = False
+    ref = sd.psf_overlap_matrix(x[valid], y[valid], RADIUS, SCALE, exposure=expo,
+                                max_separation_arcsec=math.inf)
+    psf_r, psf_v = sv.psf_table()
+    for block in (2048, 16):
+        m = np.asarray(sv.overlap_matrix_fixed(jnp.asarray(x), jnp.asarray(y),
+                                               jnp.asarray(valid), expo, RADIUS, SCALE,
+                                               psf_r, psf_v, edge_block=block))
+        # atol: the profile table ends at 400" (psf_table), the reference does not
+        np.testing.assert_allclose(m[np.ix_(valid, valid)], ref, rtol=2e-4, atol=1e-5)
+        close = np.hypot(x[valid][:, None] - x[valid], y[valid][:, None] - y[valid]) < 140
+        np.testing.assert_allclose(m[np.ix_(valid, valid)][close], ref[close], rtol=2e-4,
+                                   atol=1e-12)
+        assert np.all(m[~valid] == 0) and np.all(m[:, ~valid] == 0)
+    # the edge candidates lost part of their aperture
+    assert ref[0, 0] < 0.5 * ref[5, 5] and ref[3, 3] < ref[5, 5]

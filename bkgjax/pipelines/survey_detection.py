@@ -70,6 +70,7 @@ from ..instruments import nustar_survey as ns
 from ..stats import intervals
 
 __all__ = [
+    "false_probability_count_limit",
     "tophat_kernel",
     "tophat_sum",
     "false_probability_map",
@@ -114,6 +115,62 @@ def false_probability_map(counts, background, exposure, radius_pix: float):
     b = jnp.maximum(tophat_sum(background, radius_pix, exposure), _BKG_FLOOR)
     logp = intervals.log_false_probability(jnp.round(c, 9), b) / _LN10
     return jnp.where(jnp.asarray(exposure) > 0, logp, 0.0)
+
+
+def false_probability_count_limit(background_sum, threshold_log10p: float = ns.DETECTION_LOG10P,
+                                  margin: float = 1e-6) -> np.ndarray:
+    r"""Per pixel, the largest integer :math:`k` with :math:`\ln P(k, B) > \ln\alpha + m`,
+    where :math:`\alpha = 10^{\rm threshold}` and :math:`m` = ``margin``.
+
+    :math:`P(C, B)` (eq. 1, the regularised lower incomplete gamma function) decreases with
+    :math:`C`, so every pixel whose 20" counts sum is :math:`C \le k` (integer or not) has
+    :math:`P \ge P(k, B) > \alpha`: it can be neither a candidate nor the deeper neighbour of
+    one, and the exact :math:`P` is needed only where :math:`C > k`.  The background map is
+    the same for every simulation, so this is computed once per band
+    (:func:`bkgjax.pipelines.survey_vectorised.simulate_and_detect`).  ``margin`` makes the
+    screen conservative against the last-digit differences between SciPy's and JAX's
+    incomplete gamma functions.  Integer bisection with :func:`scipy.special.gammainc` (and
+    the leading series terms where it underflows, as
+    :func:`bkgjax.stats.intervals.log_false_probability`)."""
+    from scipy import special
+
+    b = np.maximum(np.asarray(background_sum, dtype=np.float64), _BKG_FLOOR)
+    if not np.all(np.isfinite(b)):
+        raise ValueError("false_probability_count_limit: background sums must be finite")
+    log_alpha = float(threshold_log10p) * math.log(10.0) + float(margin)
+
+    def log_p(k):
+        k = np.maximum(k, 1.0)  # ln P(0, B) = 0 is handled by the bisection start
+        p = special.gammainc(k, b)
+        tiny = p < 1e-280
+        with np.errstate(divide="ignore"):
+            out = np.log(np.where(tiny, 1.0, p))
+        if np.any(tiny):
+            kt, bt = k[tiny], b[tiny]
+            ratio = np.minimum(bt / (kt + 1.0), 0.5)
+            out[tiny] = kt * np.log(bt) - bt - special.gammaln(kt + 1.0) - np.log1p(-ratio)
+        return out
+
+    # bracket around the Cornish-Fisher approximation of the Poisson quantile (a few
+    # evaluations instead of a bisection from 0), widened until it is a bracket
+    z = special.ndtri(min(math.exp(log_alpha), 0.5)) * -1.0 if log_alpha > -700 else 37.5
+    guess = np.floor(b + z * np.sqrt(b) + (z * z - 1.0) / 6.0)
+    lo = np.maximum(guess - 2.0, 0.0)
+    hi = guess + 3.0
+    while True:  # ln P(lo) > ln alpha (P(0, B) = 1), ln P(hi) <= ln alpha
+        bad_lo = (lo > 0) & (log_p(lo) <= log_alpha)
+        bad_hi = log_p(hi) > log_alpha
+        if not (np.any(bad_lo) or np.any(bad_hi)):
+            break
+        width = hi - lo + 1.0
+        lo = np.where(bad_lo, np.maximum(lo - 2.0 * width, 0.0), lo)
+        hi = np.where(bad_hi, hi + 2.0 * width, hi)
+    while np.any(hi - lo > 1):
+        mid = np.floor(0.5 * (lo + hi))
+        above = log_p(mid) > log_alpha
+        lo = np.where(above, mid, lo)
+        hi = np.where(above, hi, mid)
+    return lo
 
 
 def find_candidates(logp_map, threshold: float = ns.DETECTION_LOG10P, *,

@@ -72,6 +72,7 @@ __all__ = [
     "band_flux_ratio",
     "psf_kernel",
     "fft_convolve_same",
+    "fft_fast_length",
     "SkyCatalogue",
     "simulate_sky",
     "poisson_image",
@@ -180,16 +181,42 @@ def psf_kernel(pixel_scale_arcsec: float, psf=None, radius_arcsec: float = 150.0
     return img * (float(psf.encircled_fraction(radius_arcsec)) / img.sum())
 
 
+def fft_fast_length(n: int) -> int:
+    """Smallest integer >= ``n`` whose prime factors are 2, 3, 5 and 7: FFT lengths with a
+    large prime factor are several times slower (757, the PSF convolution of the 635-pixel
+    NEP-like field, is prime; 768 is 2.4x faster, see benchmarks/README.md)."""
+    n = int(n)
+    best = 1 << max(n - 1, 0).bit_length()
+    p7 = 1
+    while p7 < best:
+        p5 = p7
+        while p5 < best:
+            p3 = p5
+            while p3 < best:
+                p2 = p3
+                while p2 < n:
+                    p2 *= 2
+                best = min(best, p2)
+                p3 *= 3
+            p5 *= 5
+        p7 *= 7
+    return best
+
+
 def fft_convolve_same(image, kernel):
     """Linear (zero-padded, no wrap) 2-D convolution of ``image`` with an odd-sized
-    ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (FFT; float round-off)."""
+    ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (FFT on
+    :func:`fft_fast_length` sizes; float round-off).  A NumPy ``kernel`` is transformed once,
+    at trace time."""
     image = jnp.asarray(image, dtype=jnp.float64)
-    kernel = jnp.asarray(kernel, dtype=jnp.float64)
     h, w = image.shape
-    kh, kw = kernel.shape
-    fh, fw = h + kh - 1, w + kw - 1
-    spec = jnp.fft.rfft2(image, (fh, fw)) * jnp.fft.rfft2(kernel, (fh, fw))
-    full = jnp.fft.irfft2(spec, (fh, fw))
+    kh, kw = np.shape(kernel)
+    fh, fw = fft_fast_length(h + kh - 1), fft_fast_length(w + kw - 1)
+    if isinstance(kernel, np.ndarray):
+        kernel_spec = jnp.asarray(np.fft.rfft2(np.asarray(kernel, np.float64), (fh, fw)))
+    else:
+        kernel_spec = jnp.fft.rfft2(jnp.asarray(kernel, jnp.float64), (fh, fw))
+    full = jnp.fft.irfft2(jnp.fft.rfft2(image, (fh, fw)) * kernel_spec, (fh, fw))
     return full[(kh - 1) // 2:(kh - 1) // 2 + h, (kw - 1) // 2:(kw - 1) // 2 + w]
 
 
@@ -277,17 +304,20 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
 
 def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
                  lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
-                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None):
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None,
+                 poisson_split_mean: float | None = None):
     """One mock sky (module docstring): ``(counts image, SkyCatalogue)``.
 
-    ``pixel_scale_arcsec``, ``band``, ``lognlogs``, ``psf``, ``max_sources`` and
-    ``psf_radius_arcsec`` are static (Python values) under jit; ``key``, ``exposure``,
+    ``pixel_scale_arcsec``, ``band``, ``lognlogs``, ``psf``, ``max_sources``,
+    ``psf_radius_arcsec`` and ``poisson_split_mean`` (:func:`poisson_image`, default
+    :data:`POISSON_SPLIT_MEAN`) are static (Python values) under jit; ``key``, ``exposure``,
     ``background`` and ``match_total_counts`` may be traced (vmap over ``key``).
     """
     k_sky, k_poisson = jax.random.split(key)
     lam, cat = expected_sky(k_sky, exposure, background, pixel_scale_arcsec, band, lognlogs,
                             psf, max_sources, match_total_counts, psf_radius_arcsec, filler)
-    counts, n_bright = poisson_image(k_poisson, lam)
+    counts, n_bright = poisson_image(
+        k_poisson, lam, POISSON_SPLIT_MEAN if poisson_split_mean is None else poisson_split_mean)
     counts = jnp.where(jnp.asarray(exposure) > 0, counts, 0.0)
     return counts, cat._replace(n_bright_pixels=n_bright)
 
