@@ -20,8 +20,12 @@ Also: an agreement check on one shared realisation (the JAX engine's simulation 
 through the NumPy detection), tracemalloc peak of one NumPy simulation, a short per-step
 profile of both implementations, machine info.  Writes ``results/survey.json``.
 
-    python benchmarks/bench_survey.py                 # 16 JAX sims, 6 NumPy, 6 sep
-    python benchmarks/bench_survey.py --n-sims 32 --n-numpy 8 --batch-size 4
+    python benchmarks/bench_survey.py                 # 64 JAX sims, 6 NumPy, 6 sep
+    python benchmarks/bench_survey.py --n-sims 128 --n-numpy 8 --batch-size 2
+
+The JAX time per simulation includes the once-per-map setup of
+:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` (background sums and the
+count screen, ``setup_s``, also reported alone); a calibration runs 1200 simulations per call.
 """
 
 from __future__ import annotations
@@ -67,19 +71,11 @@ def load_field(band: str, crop: int | None = None):
 
 # ------------------------------------------------------------------------ NumPy reference
 def log_false_probability_np(c, b):
-    """ln P(c, b) = ln gammainc(c, b) with the same small-P series as
-    :func:`bkgjax.stats.intervals.log_false_probability` (P < 1e-280); c <= 0 gives 0."""
-    c, b = np.broadcast_arrays(np.atleast_1d(np.asarray(c, float)),
-                               np.atleast_1d(np.asarray(b, float)))
-    pos = c > 0
-    p = np.where(pos, special.gammainc(np.where(pos, c, 1.0), b), 1.0)
-    tiny = p < 1e-280
-    out = np.log(np.where(tiny, 1.0, p))
-    if np.any(tiny):
-        n, bb = c[tiny], b[tiny]
-        ratio = np.minimum(bb / (n + 1.0), 0.5)
-        out[tiny] = n * np.log(bb) - bb - special.gammaln(n + 1.0) - np.log1p(-ratio)
-    return out
+    """ln P(c, b) = ln gammainc(c, b) with the small-P series (P < 1e-280); c <= 0 gives 0
+    (:func:`bkgjax.pipelines.survey_detection.log_false_probability_scipy`)."""
+    from bkgjax.pipelines.survey_detection import log_false_probability_scipy
+
+    return log_false_probability_scipy(c, b)
 
 
 class NumpyDetector:
@@ -306,6 +302,9 @@ def worker_jax(args):
     t0 = time.perf_counter()
     sv.simulate_and_detect(args.seed + 1, chunk, expo, bkg, scale, **kw)  # compiles
     first = time.perf_counter() - t0
+    t0 = time.perf_counter()
+    jax.block_until_ready(sv.detection_background(expo, bkg, 20.0 / scale))
+    setup = time.perf_counter() - t0
     samples = []
     res = None
     for _ in range(args.repeat):
@@ -320,7 +319,8 @@ def worker_jax(args):
            "n_pixels": int(expo.size),
            "batches_per_chunk": args.batches_per_chunk, "chunk_sims": chunk,
            "first_call_s": first, "first_call_sims": chunk, "samples_s": samples,
-           "per_sim_s": float(np.median(samples)) / n,
+           "setup_s": setup, "per_sim_s": float(np.median(samples)) / n,
+           "per_sim_excluding_setup_s": (float(np.median(samples)) - setup) / n,
            "n_det_per_sim": float(np.mean(np.sum(res.det_valid, axis=1))),
            "n_matched_per_sim": float(np.mean(np.sum(res.det_valid & res.matched, axis=1))),
            "n_src_per_sim": float(np.mean(np.sum(res.src_valid, axis=1))),
@@ -348,15 +348,18 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     keys = sv.simulation_keys(jax.random.PRNGKey(args.seed), args.batch_size)
     gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky(
         k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
-        cfg.psf_radius_arcsec, f)[0]))
+        cfg.psf_radius_arcsec, f, poisson_split_mean=split)[0]))
     bdet = jnp.where(e > 0, b, 0.0)
     r = cfg.aperture_arcsec / scale
+    b_sum, limit = sv.detection_background(e, b, r)
+    split = sv.poisson_split_for(b, mt)
 
     def det(counts, deblend):
         return sv.detect_fixed(counts, bdet, e, r, 128, cfg.threshold_log10p,
                                cfg.min_separation_arcsec / scale, deblend=deblend,
                                pixel_scale_arcsec=scale, psf_profile=sv.psf_table(cfg.psf),
-                               eval_fraction=cfg.eval_fraction).det_ml
+                               eval_fraction=cfg.eval_fraction, count_limit=limit,
+                               background_sum=b_sum).det_ml
 
     det_nodeb = jax.jit(jax.vmap(lambda c: det(c, False)))
     det_deb = jax.jit(jax.vmap(lambda c: det(c, True)))
@@ -431,7 +434,8 @@ def agreement(args):
     max_sources = int(2 ** math.ceil(math.log2(max(16, int(mu + 8 * math.sqrt(mu) + 16)))))
     key = sv.simulation_keys(jax.random.PRNGKey(args.seed), 1)[0]
     counts, cat = ss.simulate_sky(key, expo, bkg, scale, args.band, ss.TREISTER09_APPROX,
-                                  None, max_sources, mt, 150.0, fcxb)
+                                  None, max_sources, mt, 150.0, fcxb,
+                                  poisson_split_mean=sv.poisson_split_for(bkg, mt))
     counts = np.asarray(counts)
     assert np.allclose(np.asarray(cat.flux)[np.asarray(cat.valid)],
                        res.src_flux[0][res.src_valid[0]])
@@ -493,16 +497,16 @@ def _run_worker(mode, args, extra=()):
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--band", default="3-24")
-    ap.add_argument("--n-sims", type=int, default=16, help="JAX simulations per timed run")
+    ap.add_argument("--n-sims", type=int, default=64, help="JAX simulations per timed run")
     ap.add_argument("--n-numpy", type=int, default=6, help="NumPy (and sep) loop simulations")
-    ap.add_argument("--batch-size", type=int, default=4,
+    ap.add_argument("--batch-size", type=int, default=2,
                     help="JAX vmap batch (also the agreement run and the JAX profile)")
-    ap.add_argument("--extra-batch-sizes", default="2",
+    ap.add_argument("--extra-batch-sizes", default="1,4",
                     help="comma-separated further JAX batch sizes to time ('' for none)")
     ap.add_argument("--batches-per-chunk", type=int, default=2)
     ap.add_argument("--repeat", type=int, default=1, help="timed JAX runs (median)")
     ap.add_argument("--eval-fraction", type=float, default=None,
-                    help="simulate_and_detect eval_fraction (default: the engine's, 0.4)")
+                    help="simulate_and_detect eval_fraction (default: the engine's, 0.08)")
     ap.add_argument("--extra-eval-fractions", default="0.1",
                     help="comma-separated eval_fraction values for further JAX runs "
                          "(batch --batch-size; '' for none)")

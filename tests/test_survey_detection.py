@@ -338,3 +338,24 @@ def test_cli_writes_catalogue(tmp_path, sky, capsys):
     assert len(Table.read(ecsv)) == len(cat)
     assert main(["detect", "--counts", p["counts"], "--background", p["background"],
                  "--exposure", p["exposure"], "--band", "1-2", "--out", str(out)]) == 2
+
+
+def test_false_probability_count_limit_is_the_poisson_quantile():
+    """The per-pixel count screen equals SciPy's Poisson inverse survival function (the
+    largest k with P(N >= k | B) > alpha), and holds at extreme thresholds where isf fails."""
+    from scipy import stats
+
+    from bkgjax.stats.intervals import log_false_probability
+
+    rng = np.random.default_rng(4)
+    b = np.concatenate([[1e-12, 1e-6, 0.01, 0.5, 1.0, 1e4, 1e6], rng.uniform(0, 300, 5000)])
+    k = sd.false_probability_count_limit(b)
+    np.testing.assert_array_equal(k, stats.poisson.isf(10**-2.5 * np.exp(1e-6), b))
+    for thr in (-1.0, -30.0, -300.0):
+        k = sd.false_probability_count_limit(b, thr)
+        log_alpha = thr * np.log(10.0) + 1e-6
+        above = np.asarray(log_false_probability(np.maximum(k, 0.0), np.maximum(b, 1e-12)))
+        below = np.asarray(log_false_probability(k + 1.0, np.maximum(b, 1e-12)))
+        assert np.all((above > log_alpha) | (k == 0)) and np.all(below <= log_alpha)
+    with pytest.raises(ValueError, match="finite"):
+        sd.false_probability_count_limit(np.array([1.0, np.nan]))

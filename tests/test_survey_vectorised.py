@@ -420,3 +420,15 @@ def test_overlap_matrix_table_matches_numpy_at_edges():
         assert np.all(m[~valid] == 0) and np.all(m[:, ~valid] == 0)
     # the edge candidates lost part of their aperture
     assert ref[0, 0] < 0.5 * ref[5, 5] and ref[3, 3] < ref[5, 5]
+
+
+def test_poisson_split_for_background():
+    """The Poisson split mean is 2 counts unless more than 2048 background pixels exceed it
+    (then the next power of two), with the background scaled up to the matched total."""
+    bkg = np.full((100, 100), 0.5)
+    assert sv.poisson_split_for(bkg) == 2.0
+    bkg[:30, :] = 3.0  # 3000 pixels above 2
+    assert sv.poisson_split_for(bkg) == 4.0
+    bkg[:30, :] = 0.5
+    assert sv.poisson_split_for(bkg, match_total_counts=bkg.sum() * 5.0) == 4.0  # 2.5 each
+    assert sv.poisson_split_for(bkg, match_total_counts=bkg.sum() * 0.5) == 2.0

@@ -70,6 +70,7 @@ from ..instruments import nustar_survey as ns
 from ..stats import intervals
 
 __all__ = [
+    "log_false_probability_scipy",
     "false_probability_count_limit",
     "tophat_kernel",
     "tophat_sum",
@@ -117,6 +118,26 @@ def false_probability_map(counts, background, exposure, radius_pix: float):
     return jnp.where(jnp.asarray(exposure) > 0, logp, 0.0)
 
 
+def log_false_probability_scipy(counts, background) -> np.ndarray:
+    r"""NumPy/SciPy twin of :func:`bkgjax.stats.intervals.log_false_probability`:
+    :math:`\ln P(C, B)` with :func:`scipy.special.gammainc` and the same leading series terms
+    where :math:`P < 10^{-280}`; :math:`C \le 0` gives 0."""
+    from scipy import special
+
+    c, b = np.broadcast_arrays(np.atleast_1d(np.asarray(counts, np.float64)),
+                               np.atleast_1d(np.asarray(background, np.float64)))
+    pos = c > 0
+    p = np.where(pos, special.gammainc(np.where(pos, c, 1.0), b), 1.0)
+    tiny = p < 1e-280
+    with np.errstate(divide="ignore"):
+        out = np.log(np.where(tiny, 1.0, p))
+    if np.any(tiny):
+        n, bb = c[tiny], b[tiny]
+        ratio = np.minimum(bb / (n + 1.0), 0.5)
+        out[tiny] = n * np.log(bb) - bb - special.gammaln(n + 1.0) - np.log1p(-ratio)
+    return out
+
+
 def false_probability_count_limit(background_sum, threshold_log10p: float = ns.DETECTION_LOG10P,
                                   margin: float = 1e-6) -> np.ndarray:
     r"""Per pixel, the largest integer :math:`k` with :math:`\ln P(k, B) > \ln\alpha + m`,
@@ -140,16 +161,7 @@ def false_probability_count_limit(background_sum, threshold_log10p: float = ns.D
     log_alpha = float(threshold_log10p) * math.log(10.0) + float(margin)
 
     def log_p(k):
-        k = np.maximum(k, 1.0)  # ln P(0, B) = 0 is handled by the bisection start
-        p = special.gammainc(k, b)
-        tiny = p < 1e-280
-        with np.errstate(divide="ignore"):
-            out = np.log(np.where(tiny, 1.0, p))
-        if np.any(tiny):
-            kt, bt = k[tiny], b[tiny]
-            ratio = np.minimum(bt / (kt + 1.0), 0.5)
-            out[tiny] = kt * np.log(bt) - bt - special.gammaln(kt + 1.0) - np.log1p(-ratio)
-        return out
+        return log_false_probability_scipy(k, b)
 
     # bracket around the Cornish-Fisher approximation of the Poisson quantile (a few
     # evaluations instead of a bisection from 0), widened until it is a bracket

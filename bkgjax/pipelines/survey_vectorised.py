@@ -11,7 +11,12 @@ and chunked with :func:`jax.lax.map` (Zhao et al. 2021 section 3, 1200 simulatio
    :func:`survey_detection.tophat_sum` up to round-off; the counts sums are rounded to 1e-9,
    as in :func:`survey_detection.false_probability_map`, which makes integer sums exact).
 2. :math:`\log_{10}P` map with :func:`bkgjax.stats.intervals.log_false_probability`, 0 on
-   zero-exposure pixels, background floored at 1e-12.
+   zero-exposure pixels, background floored at 1e-12.  In the simulations only the pixels
+   whose counts sum exceeds the per-pixel limit of
+   :func:`survey_detection.false_probability_count_limit` (computed once per background map
+   by :func:`detection_background`) can reach :math:`P \le 10^{-2.5}`; the exact value is
+   computed on those (4 % of the NEP-like 3-24 keV map) and every other pixel gets 0, which
+   changes neither the candidates nor their values (``eval_fraction``).
 3. Local minima in 3x3 (``lax.reduce_window``) with :math:`\log_{10}P \le` threshold.  Unlike
    :func:`survey_detection.find_candidates` plateaus are not merged into their centroid: of a
    plateau of exactly equal values only pixels with no equal-valued neighbour earlier in
@@ -370,8 +375,8 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     fraction of the image, at least 65536 pixels; :func:`_sparse_log_false_probability`), the
     others get log P = 0,
     which leaves the candidates unchanged; ``Detections.n_logp_needed`` must then stay
-    <= ``eval_fraction * image size`` (:func:`simulate_and_detect` reruns a chunk in full
-    where it did not).  ``count_limit`` (with ``eval_fraction`` < 1): the exact screen of
+    <= ``eval_fraction * image size`` (:func:`simulate_and_detect` reruns a chunk with a 4x
+    longer list, then with every pixel, where it did not).  ``count_limit`` (with ``eval_fraction`` < 1): the exact screen of
     :func:`survey_detection.false_probability_count_limit` for this background and
     threshold; ``background_sum``: the precomputed 20" background sums (floored at 1e-12),
     both computed once per background map instead of once per simulation."""
@@ -482,7 +487,7 @@ class SimConfig:
     psf_radius_arcsec: float = 150.0
     deblend: bool = True
     deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC
-    eval_fraction: float = 0.05
+    eval_fraction: float = 0.08
     batch_size: int = 8
     poisson_split_mean: float = survey_sky.POISSON_SPLIT_MEAN
 
@@ -611,12 +616,18 @@ def detection_background(exposure, background, radius_pix: float,
     return b_sum, jnp.asarray(limit)
 
 
-def poisson_split_for(background, max_background_pixels: int = 2048) -> float:
-    """:func:`survey_sky.poisson_image` split mean for a background map: the smallest power
-    of two >= 2 above which at most ``max_background_pixels`` background pixels lie, so that
-    the per-pixel CDF walk is short (16 steps at 2 counts; 1.25x faster than at 8 on the
-    NEP-like field) and the separate list of 16384 bright pixels holds the source cores."""
+def poisson_split_for(background, match_total_counts=None,
+                      max_background_pixels: int = 2048) -> float:
+    """:func:`survey_sky.poisson_image` split mean for a background map (scaled up to
+    ``match_total_counts`` if that is larger than its sum, as the filler may be): the smallest
+    power of two >= 2 above which at most ``max_background_pixels`` background pixels lie, so
+    that the per-pixel CDF walk is short (16 steps at 2 counts; 1.25x faster than at 8 on the
+    NEP-like field) and the separate list of 16384 bright pixels holds the source cores.
+    :func:`simulate_and_detect` uses this value; pass it to :func:`survey_sky.simulate_sky`
+    to regenerate one of its maps."""
     values = np.asarray(background, dtype=np.float64).ravel()
+    if match_total_counts is not None:
+        values = values * max(1.0, float(match_total_counts) / max(float(values.sum()), 1e-300))
     split = 2.0
     while np.count_nonzero(values > split) > max_background_pixels:
         split *= 2.0
@@ -664,10 +675,7 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
         max_sources = max(16, int(mu + 8.0 * math.sqrt(mu) + 16))
         max_sources = int(2 ** math.ceil(math.log2(max_sources)))
     lognlogs.check_max_sources(area, max_sources)
-    config.setdefault("poisson_split_mean", poisson_split_for(
-        background if match_total_counts is None else
-        background * max(1.0, float(match_total_counts) / max(float(jnp.sum(background)),
-                                                               1e-300))))
+    config.setdefault("poisson_split_mean", poisson_split_for(background, match_total_counts))
     cfg = SimConfig(pixel_scale_arcsec=float(pixel_scale_arcsec), band=band, lognlogs=lognlogs,
                     psf=psf or ns.DEFAULT_PSF, max_sources=int(max_sources),
                     max_candidates=int(max_candidates),
@@ -676,10 +684,11 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     b_sum, count_limit = detection_background(exposure, background,
                                               cfg.aperture_arcsec / cfg.pixel_scale_arcsec,
                                               cfg.threshold_log10p)
-    max_eval = _eval_budget(cfg.eval_fraction, exposure.size)
     # a chunk in which some map needed the exact log P on more pixels than the list holds is
-    # rerun with every pixel evaluated (same keys, so the same maps): exact, never an error
-    cfg_full = dataclasses.replace(cfg, eval_fraction=1.0)
+    # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
+    # maps): exact, never an error; the longer lists compile only when first needed
+    ladder = [cfg] + [dataclasses.replace(cfg, eval_fraction=f)
+                      for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
     use_match = match_total_counts is not None
     use_filler = use_match and filler is not None
     mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
@@ -703,17 +712,19 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     n_rerun = 0
     for start in tqdm(range(0, n_sims, chunk), disable=not progress, desc="simulations",
                       unit="chunk"):
-        out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], cfg))
-        if max_eval < exposure.size and np.any(out.n_logp_needed > max_eval):
-            out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], cfg_full))
-            n_rerun += 1
+        for level, c in enumerate(ladder):
+            out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], c))
+            max_eval = _eval_budget(c.eval_fraction, exposure.size)
+            if max_eval >= exposure.size or not np.any(out.n_logp_needed > max_eval):
+                break
+        n_rerun += level > 0
         parts.append(out)
     res = SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))
     if n_rerun:
-        warnings.warn(f"{n_rerun} chunk(s) needed the exact false probability on more pixels "
-                      f"than eval_fraction={cfg.eval_fraction} of the image and were rerun with "
-                      "every pixel evaluated (slower, same results); raise eval_fraction if "
-                      "this is frequent", RuntimeWarning, stacklevel=2)
+        warnings.warn(f"{n_rerun} of {len(parts)} chunk(s) needed the exact false probability "
+                      f"on more pixels than eval_fraction={cfg.eval_fraction} of the image and "
+                      "were rerun with a longer list (slower, same results); raise "
+                      "eval_fraction if this is frequent", RuntimeWarning, stacklevel=2)
     if np.any(res.n_bright_pixels > 16384):
         raise RuntimeError(
             f"a mock sky had {int(res.n_bright_pixels.max())} pixels with a mean above "
