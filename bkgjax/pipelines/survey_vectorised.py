@@ -372,12 +372,12 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     otherwise DET_ML equals DET_ML_RAW.  With ``min_separation_pix`` > 0 the suppression runs
     on the ``pre_select * max_candidates`` deepest minima.  ``eval_fraction`` < 1: the exact
     log P is computed only on the pixels that can reach the detection limit (at most that
-    fraction of the image, at least 65536 pixels; :func:`_sparse_log_false_probability`), the
-    others get log P = 0,
-    which leaves the candidates unchanged; ``Detections.n_logp_needed`` must then stay
-    <= ``eval_fraction * image size`` (:func:`simulate_and_detect` reruns a chunk with a 4x
-    longer list, then with every pixel, where it did not).  ``count_limit`` (with ``eval_fraction`` < 1): the exact screen of
-    :func:`survey_detection.false_probability_count_limit` for this background and
+    fraction of the image, at least 16384 pixels; :func:`_sparse_log_false_probability`), the
+    others get log P = 0, which leaves the candidates unchanged;
+    ``Detections.n_logp_needed`` must then stay <= ``eval_fraction * image size``
+    (:func:`simulate_and_detect` reruns a chunk with a 4x longer list, then with every pixel,
+    where it did not).  ``count_limit`` (used when ``eval_fraction`` < 1): the exact screen
+    of :func:`survey_detection.false_probability_count_limit` for this background and
     threshold; ``background_sum``: the precomputed 20" background sums (floored at 1e-12),
     both computed once per background map instead of once per simulation."""
     if deblend and pixel_scale_arcsec is None:
