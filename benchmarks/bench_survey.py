@@ -45,8 +45,13 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-from scipy import ndimage, optimize, signal, special  # noqa: E402
+from scipy import ndimage, optimize, signal  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
+
+# ln P(c, b) with scipy.special.gammainc and the small-P series; c <= 0 gives 0
+from bkgjax.pipelines.survey_detection import (  # noqa: E402
+    log_false_probability_scipy as log_false_probability_np,
+)
 
 RESULTS = Path(__file__).resolve().parent / "results"
 _LN10 = math.log(10.0)
@@ -70,14 +75,6 @@ def load_field(band: str, crop: int | None = None):
 
 
 # ------------------------------------------------------------------------ NumPy reference
-def log_false_probability_np(c, b):
-    """ln P(c, b) = ln gammainc(c, b) with the small-P series (P < 1e-280); c <= 0 gives 0
-    (:func:`bkgjax.pipelines.survey_detection.log_false_probability_scipy`)."""
-    from bkgjax.pipelines.survey_detection import log_false_probability_scipy
-
-    return log_false_probability_scipy(c, b)
-
-
 class NumpyDetector:
     """Precomputed kernels / offsets for the per-map NumPy loop (what a user would set up
     once before the simulation loop)."""

@@ -159,10 +159,6 @@ def false_probability_count_limit(background_sum, threshold_log10p: float = ns.D
     if not np.all(np.isfinite(b)):
         raise ValueError("false_probability_count_limit: background sums must be finite")
     log_alpha = float(threshold_log10p) * math.log(10.0) + float(margin)
-
-    def log_p(k):
-        return log_false_probability_scipy(k, b)
-
     # bracket around the Cornish-Fisher approximation of the Poisson quantile (a few
     # evaluations instead of a bisection from 0), widened until it is a bracket
     z = special.ndtri(min(math.exp(log_alpha), 0.5)) * -1.0 if log_alpha > -700 else 37.5
@@ -170,8 +166,8 @@ def false_probability_count_limit(background_sum, threshold_log10p: float = ns.D
     lo = np.maximum(guess - 2.0, 0.0)
     hi = guess + 3.0
     while True:  # ln P(lo) > ln alpha (P(0, B) = 1), ln P(hi) <= ln alpha
-        bad_lo = (lo > 0) & (log_p(lo) <= log_alpha)
-        bad_hi = log_p(hi) > log_alpha
+        bad_lo = (lo > 0) & (log_false_probability_scipy(lo, b) <= log_alpha)
+        bad_hi = log_false_probability_scipy(hi, b) > log_alpha
         if not (np.any(bad_lo) or np.any(bad_hi)):
             break
         width = hi - lo + 1.0
@@ -179,7 +175,7 @@ def false_probability_count_limit(background_sum, threshold_log10p: float = ns.D
         hi = np.where(bad_hi, hi + 2.0 * width, hi)
     while np.any(hi - lo > 1):
         mid = np.floor(0.5 * (lo + hi))
-        above = log_p(mid) > log_alpha
+        above = log_false_probability_scipy(mid, b) > log_alpha
         lo = np.where(above, mid, lo)
         hi = np.where(above, hi, mid)
     return lo

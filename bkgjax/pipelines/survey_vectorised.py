@@ -602,6 +602,9 @@ def sharded_chunk_runner(cfg: SimConfig, use_match: bool, use_filler: bool, devi
     return _SHARDED_RUNNERS[key]
 
 
+_tophat_sum_jit = jax.jit(tophat_sum_fft, static_argnums=1)
+
+
 def detection_background(exposure, background, radius_pix: float,
                          threshold_log10p: float = ns.DETECTION_LOG10P):
     """The per-map detection inputs that do not change between simulations: the 20" top-hat
@@ -610,8 +613,7 @@ def detection_background(exposure, background, radius_pix: float,
     Returns ``(background_sum, count_limit)`` as float64 JAX arrays."""
     exposure = jnp.asarray(exposure, jnp.float64)
     bkg = jnp.where(exposure > 0, jnp.asarray(background, jnp.float64), 0.0)
-    b_sum = jnp.maximum(jax.jit(tophat_sum_fft, static_argnums=1)(bkg, float(radius_pix),
-                                                                   exposure), _BKG_FLOOR)
+    b_sum = jnp.maximum(_tophat_sum_jit(bkg, float(radius_pix), exposure), _BKG_FLOOR)
     limit = sd.false_probability_count_limit(np.asarray(b_sum), threshold_log10p)
     return b_sum, jnp.asarray(limit)
 

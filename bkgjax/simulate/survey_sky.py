@@ -62,6 +62,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 from scipy import stats as _sstats
+from scipy.fft import next_fast_len
 
 from ..instruments import nustar_survey as ns
 
@@ -72,7 +73,6 @@ __all__ = [
     "band_flux_ratio",
     "psf_kernel",
     "fft_convolve_same",
-    "fft_fast_length",
     "SkyCatalogue",
     "simulate_sky",
     "poisson_image",
@@ -181,37 +181,17 @@ def psf_kernel(pixel_scale_arcsec: float, psf=None, radius_arcsec: float = 150.0
     return img * (float(psf.encircled_fraction(radius_arcsec)) / img.sum())
 
 
-def fft_fast_length(n: int) -> int:
-    """Smallest integer >= ``n`` whose prime factors are 2, 3, 5 and 7: FFT lengths with a
-    large prime factor are several times slower (757, the PSF convolution of the 635-pixel
-    NEP-like field, is prime; 768 is 2.4x faster, see benchmarks/README.md)."""
-    n = int(n)
-    best = 1 << max(n - 1, 0).bit_length()
-    p7 = 1
-    while p7 < best:
-        p5 = p7
-        while p5 < best:
-            p3 = p5
-            while p3 < best:
-                p2 = p3
-                while p2 < n:
-                    p2 *= 2
-                best = min(best, p2)
-                p3 *= 3
-            p5 *= 5
-        p7 *= 7
-    return best
-
-
 def fft_convolve_same(image, kernel):
     """Linear (zero-padded, no wrap) 2-D convolution of ``image`` with an odd-sized
-    ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (FFT on
-    :func:`fft_fast_length` sizes; float round-off).  A NumPy ``kernel`` is transformed once,
-    at trace time."""
+    ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (float round-off).  The
+    FFT lengths are :func:`scipy.fft.next_fast_len` (small prime factors: a length with a large
+    prime factor is several times slower; the PSF convolution of the 635-pixel NEP-like field
+    would be the prime 757, 768 is 2.4x faster).  A NumPy ``kernel`` is transformed once, at
+    trace time."""
     image = jnp.asarray(image, dtype=jnp.float64)
     h, w = image.shape
     kh, kw = np.shape(kernel)
-    fh, fw = fft_fast_length(h + kh - 1), fft_fast_length(w + kw - 1)
+    fh, fw = next_fast_len(h + kh - 1), next_fast_len(w + kw - 1)
     if isinstance(kernel, np.ndarray):
         kernel_spec = jnp.asarray(np.fft.rfft2(np.asarray(kernel, np.float64), (fh, fw)))
     else:
