@@ -432,3 +432,28 @@ def test_poisson_split_for_background():
     bkg[:30, :] = 0.5
     assert sv.poisson_split_for(bkg, match_total_counts=bkg.sum() * 5.0) == 4.0  # 2.5 each
     assert sv.poisson_split_for(bkg, match_total_counts=bkg.sum() * 0.5) == 2.0
+
+
+@pytest.mark.parametrize("case, match", [
+    ("nan_background", "background image has 1 NaN"),
+    ("negative_background", "background image has 0 NaN/inf and 1 negative"),
+    ("negative_exposure", "exposure image has 0 NaN/inf and 1 negative"),
+    ("nan_exposure", "exposure image has 1 NaN"),
+    ("zero_exposure", "zero everywhere"),
+])
+def test_simulate_and_detect_rejects_bad_images(case, match):
+    expo = np.full((32, 32), 1e5)
+    bkg = np.full((32, 32), 0.02)
+    if case == "nan_background":
+        bkg[3, 4] = np.nan
+    elif case == "negative_background":
+        bkg[3, 4] = -1.0
+    elif case == "negative_exposure":
+        expo[3, 4] = -1.0
+    elif case == "nan_exposure":
+        expo[3, 4] = np.nan
+    else:
+        expo[:] = 0.0
+    with pytest.raises(ValueError, match=match):
+        sv.simulate_and_detect(0, 2, expo, bkg, SCALE, batch_size=2, batches_per_chunk=1,
+                               progress=False)

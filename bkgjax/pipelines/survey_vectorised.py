@@ -671,6 +671,15 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     if exposure.shape != background.shape or exposure.ndim != 2:
         raise ValueError(f"exposure {exposure.shape} and background {background.shape} must be "
                          "2-D images of the same shape")
+    # the FITS reader (bkgjax.io.read_survey_images) checks the same on files
+    for name, image in (("exposure", exposure), ("background", background)):
+        n_bad = int(jnp.sum(~jnp.isfinite(image)))
+        n_negative = int(jnp.sum(image < 0))
+        if n_bad or n_negative:
+            raise ValueError(f"{name} image has {n_bad} NaN/inf and {n_negative} negative pixels; "
+                             "it must be finite and >= 0 (zero exposure marks unobserved pixels)")
+    if not bool(jnp.any(exposure > 0)):
+        raise ValueError("exposure image is zero everywhere")
     area = float(jnp.sum(exposure > 0)) * (pixel_scale_arcsec / 3600.0) ** 2
     if max_sources is None:
         mu = lognlogs.expected_number(area)
