@@ -177,7 +177,9 @@ def test_simulate_and_detect_reproducible(field):
         else:
             np.testing.assert_allclose(a, c, rtol=1e-10, atol=0)
     assert not np.array_equal(r1.src_flux, r4.src_flux)
-    assert np.all(r1.n_logp_needed == 0)  # a small image: every pixel evaluated
+    # a small image: the screened list holds every pixel, so it never overflows
+    assert np.all((r1.n_logp_needed > 0) & (r1.n_logp_needed <= H * W))
+    assert np.all(r1.n_source_events >= 0) and np.all(r1.n_bright_pixels == 0)
     assert r1.det_ml.shape == (24, 32) and r1.src_flux.shape == (24, 64)
     # sane outputs: no NaN, no detection on zero exposure, matched fluxes are input fluxes
     for a in r1:
@@ -457,3 +459,95 @@ def test_simulate_and_detect_rejects_bad_images(case, match):
     with pytest.raises(ValueError, match=match):
         sv.simulate_and_detect(0, 2, expo, bkg, SCALE, batch_size=2, batches_per_chunk=1,
                                progress=False)
+
+
+def test_log_false_probability_series_matches_scipy():
+    """The fixed-length series (simulations' fast path) equals SciPy's incomplete gamma, with
+    the term count from its truncation bound."""
+    from scipy.special import gammainc
+
+    from bkgjax.stats import intervals
+
+    rng = np.random.default_rng(4)
+    b = rng.uniform(1e-3, 400.0, 5000)
+    c = np.floor(b + rng.uniform(0.5, 6.0, b.size) * np.sqrt(b) + 1.0)
+    n_terms = intervals.false_probability_series_terms(c, b)
+    value = np.asarray(intervals.log_false_probability_series(c, b, n_terms))
+    np.testing.assert_allclose(value, np.log(gammainc(c, b)), rtol=1e-11, atol=1e-11)
+    with pytest.raises(ValueError, match="counts_min > background"):
+        intervals.false_probability_series_terms([3.0], [5.0])
+
+
+def test_screened_series_path_matches_full_map():
+    n = 300
+    rng = np.random.default_rng(8)
+    expo = np.full((n, n), 2e5)
+    expo[:, :7] = 0.0
+    # a non-uniform background: with a flat one, equal-count neighbours tie up to the FFT
+    # round-off of the background sums, and the two log P evaluations break such ties
+    # differently in the last digit
+    bkg = 0.3 * (1.0 + 0.1 * rng.uniform(size=(n, n)))
+    point = np.zeros((n, n))
+    point[rng.integers(20, n - 20, 40), rng.integers(20, n - 20, 40)] = rng.uniform(20, 400, 40)
+    lam = np.asarray(ss.fft_convolve_same(point, ss.psf_kernel(SCALE))) + bkg
+    counts = rng.poisson(lam).astype(float)
+    full = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS)
+    b_sum, limit = sv.detection_background(expo, bkg, RADIUS)
+    terms = sv.series_terms_for(b_sum, limit)
+    fast = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
+                           eval_fraction=0.3, count_limit=limit, background_sum=b_sum,
+                           series_terms=terms)
+    v = np.asarray(full.valid)
+    np.testing.assert_array_equal(np.asarray(fast.valid), v)
+    for name in ("x", "y"):  # invalid slots hold arbitrary pixels
+        np.testing.assert_array_equal(np.asarray(getattr(full, name))[v],
+                                      np.asarray(getattr(fast, name))[v])
+    np.testing.assert_allclose(np.asarray(fast.log10p), np.asarray(full.log10p), rtol=1e-11)
+    np.testing.assert_allclose(np.asarray(fast.det_ml), np.asarray(full.det_ml), rtol=1e-11)
+    assert int(np.asarray(full.valid).sum()) > 10
+
+
+def test_compact_indices_equals_nonzero():
+    mask = np.random.default_rng(2).random(5000) < 0.03
+    for size in (10, 150, 6000):
+        np.testing.assert_array_equal(
+            np.asarray(ss.compact_indices(mask, size)),
+            np.asarray(jnp.nonzero(mask, size=size, fill_value=mask.size)[0]))
+
+
+def test_source_events_follow_psf_and_poisson():
+    """Photon-by-photon sources: per-source totals ~ Poisson(mu EEF(150")), radii follow the
+    truncated PSF (KS test against its EEF)."""
+    n = 201
+    good = np.ones((n, n), bool)
+    mu = 400.0
+    cat = ss.SkyCatalogue(jnp.array([100.3]), jnp.array([99.8]), jnp.zeros(1), jnp.zeros(1),
+                          jnp.ones(1), jnp.array([mu]), jnp.array([True]), jnp.array(1))
+    keys = jax.random.split(jax.random.PRNGKey(3), 200)
+    draw = jax.jit(jax.vmap(lambda k: ss.source_events_image(k, cat, good, SCALE,
+                                                             max_events=1024)))
+    images, n_total, n_good = draw(keys)
+    eef = float(ns.DEFAULT_PSF.encircled_fraction(150.0))
+    totals = np.asarray(n_total)
+    np.testing.assert_array_equal(totals, np.asarray(images).sum(axis=(1, 2)))
+    assert abs(totals.mean() - mu * eef) < 5 * math.sqrt(mu * eef / totals.size)
+    assert abs(totals.var() / (mu * eef) - 1.0) < 0.3
+    img = np.asarray(images).sum(0)
+    yy, xx = np.mgrid[:n, :n]
+    r = np.hypot(xx - 100.3, yy - 99.8) * SCALE
+    # fraction within 30" and 60": the pixel-integrated PSF, within binomial errors + pixel
+    for rad in (30.0, 60.0):
+        frac = img[r <= rad].sum() / img.sum()
+        expect = float(ns.DEFAULT_PSF.encircled_fraction(rad)) / eef
+        assert abs(frac - expect) < 0.02, (rad, frac, expect)
+
+
+def test_source_event_buffer_rerun_gives_same_maps(field):
+    expo, bkg = field
+    kw = dict(max_sources=64, max_candidates=32, progress=False, batch_size=2,
+              batches_per_chunk=1)
+    big = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, max_source_events=1 << 16, **kw)
+    assert big.n_source_events.max() > 8
+    small = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, max_source_events=8, **kw)
+    for a, b in zip(big, small):
+        np.testing.assert_array_equal(a, b)

@@ -80,6 +80,7 @@ __all__ = [
     "simulate_and_detect",
     "detection_background",
     "poisson_split_for",
+    "background_mean_bound",
     "run_chunk",
     "sharded_chunk_runner",
 ]
@@ -177,6 +178,62 @@ def _sparse_log_false_probability(c, b, good, eval_fraction: float,
     # overflowed (either way the caller's check fails when candidates may be missing)
     n_needed = jnp.where(n_large > large_eval, n_pix + 1, n_moderate)
     return flat.reshape(c.shape), n_needed
+
+
+_compact_indices = survey_sky.compact_indices
+
+_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
+
+
+def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
+                     threshold_log10p: float):
+    r""":math:`\log_{10}P` on the pixels whose counts sum exceeds ``count_limit`` (the only
+    ones that can reach the threshold, :func:`survey_detection.false_probability_count_limit`)
+    and the local minima among them, without a full-image pass beyond the screen itself.
+
+    The needed pixels are compacted into a list of ``size`` entries and evaluated with the
+    fixed-length series :func:`bkgjax.stats.intervals.log_false_probability_series`
+    (``series_terms`` from :func:`series_terms_for`); every other pixel has
+    :math:`\log_{10}P = 0`, exactly as in the full-map path.  A listed pixel is a local
+    minimum when it is <= its 8 neighbours (those inside the image) and differs from the
+    four earlier in raster order (the plateau rule of :func:`_local_minima`).  Returns
+    (flat pixel index, in-list flag, log10 P, local-minimum-below-threshold flag) per list
+    entry and the number of needed pixels (the list is too short when it exceeds ``size``)."""
+    h, w = c.shape
+    n_pix = c.size
+    need = (good & (c > count_limit)).ravel()
+    n_needed = jnp.sum(need, dtype=jnp.int32)
+    idx = _compact_indices(need, size)
+    used = idx < n_pix
+    safe = jnp.minimum(idx, n_pix - 1)
+    # unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway
+    lnp = intervals.log_false_probability_series(jnp.where(used, c.ravel()[safe], 2.0),
+                                                 jnp.where(used, b.ravel()[safe], 1.0),
+                                                 series_terms)
+    logp = jnp.where(used, lnp / _LN10, 0.0)
+    flat = jnp.zeros(n_pix, jnp.float64).at[idx].set(logp, mode="drop", unique_indices=True)
+    iy, ix = safe // w, safe % w
+    is_min = used & (logp <= threshold_log10p)
+    for k, (dy, dx) in enumerate(_NEIGHBOURS):
+        ny, nx = iy + dy, ix + dx
+        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
+        nb = jnp.where(inside, flat[jnp.clip(ny, 0, h - 1) * w + jnp.clip(nx, 0, w - 1)],
+                       jnp.inf)
+        is_min = is_min & (logp <= nb)
+        if k < 4:  # plateau tie-break: no equal neighbour earlier in raster order
+            is_min = is_min & (nb != logp)
+    return safe, used, logp, is_min, n_needed
+
+
+def series_terms_for(background_sum, count_limit, rtol: float = 1e-15) -> int:
+    """Static number of series terms for :func:`_screened_minima` on this background map:
+    :func:`bkgjax.stats.intervals.false_probability_series_terms` at the smallest counts sum
+    that is evaluated (``count_limit + 1``) of every pixel; 0.3 s for a NEP-size map."""
+    b = np.asarray(background_sum, np.float64)
+    c_min = np.asarray(count_limit, np.float64) + 1.0
+    # a pixel with c_min <= b cannot occur (the limit is above the median); guard anyway
+    return intervals.false_probability_series_terms(np.maximum(c_min, np.floor(b) + 1.0), b,
+                                                    rtol)
 
 
 def _local_minima(logp):
@@ -365,7 +422,8 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
                  pixel_scale_arcsec: float | None = None, psf=None, psf_profile=None,
                  deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC,
                  pre_select: int = 4, eval_fraction: float = 1.0,
-                 count_limit=None, background_sum=None) -> Detections:
+                 count_limit=None, background_sum=None,
+                 series_terms: int | None = None) -> Detections:
     """Fixed-size detection (module docstring); jittable/vmappable; everything but the three
     images is static.  ``deblend=True`` (needs ``pixel_scale_arcsec``) adds the pruning and
     deblending of step 6 with ``psf`` (or a precomputed ``psf_profile`` = :func:`psf_table`);
@@ -379,7 +437,12 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     where it did not).  ``count_limit`` (used when ``eval_fraction`` < 1): the exact screen
     of :func:`survey_detection.false_probability_count_limit` for this background and
     threshold; ``background_sum``: the precomputed 20" background sums (floored at 1e-12),
-    both computed once per background map instead of once per simulation."""
+    both computed once per background map instead of once per simulation.
+    ``series_terms`` (static, with ``count_limit``; :func:`series_terms_for`): the screened
+    pixels get the fixed-length series instead of XLA's incomplete gamma and the local
+    minima are found on that list (:func:`_screened_minima`, the simulations' fast path;
+    same candidates, log P equal to ~1e-13); the list has ``eval_fraction`` of the image
+    (at least 16384 pixels, all of them when that is more)."""
     if deblend and pixel_scale_arcsec is None:
         raise ValueError("detect_fixed(deblend=True) needs pixel_scale_arcsec")
     counts = jnp.asarray(counts, dtype=jnp.float64)
@@ -391,38 +454,51 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
         b = jnp.maximum(tophat_sum_fft(background, radius_pix, exposure), _BKG_FLOOR)
     else:
         b = jnp.asarray(background_sum, jnp.float64)
-    if _eval_budget(eval_fraction, c.size) >= c.size:
-        lnp = intervals.log_false_probability(c, b)
-        n_logp_needed = jnp.asarray(0, jnp.int32)
-    else:
-        lnp, n_logp_needed = _sparse_log_false_probability(c, b, good, eval_fraction,
-                                                           threshold_log10p, count_limit)
-    logp = jnp.where(good, lnp / _LN10, 0.0)
-    cand = _local_minima(logp) & (logp <= threshold_log10p) & good
     # the suppression of close minima runs on a longer list (pre_k) before keeping the
     # max_candidates deepest survivors, so that ripples next to bright sources do not crowd
     # real candidates out of the fixed-size list
     pre_k = int(max_candidates) * (pre_select if min_separation_pix > 0 else 1)
-    # the minima are sparse: gather them (O(n_pix)) and rank only those, instead of a top-k
-    # over the whole image; n_minima > n_gather is reported (Detections.n_minima)
-    n_pix = logp.size
-    n_gather = min(n_pix, max(8 * pre_k, 1024))
+    n_pix = c.size
+    if count_limit is not None and series_terms is not None:
+        # simulations: log P and the minima on the screened list only
+        size = _eval_budget(eval_fraction, n_pix)
+        pix, _, logp_list, cand, n_logp_needed = _screened_minima(
+            c, b, good, count_limit, int(series_terms), size, threshold_log10p)
+        score_of = -logp_list
+        pixel_of = pix
+    else:
+        if _eval_budget(eval_fraction, n_pix) >= n_pix:
+            lnp = intervals.log_false_probability(c, b)
+            n_logp_needed = jnp.asarray(0, jnp.int32)
+        else:
+            lnp, n_logp_needed = _sparse_log_false_probability(c, b, good, eval_fraction,
+                                                               threshold_log10p, count_limit)
+        logp = jnp.where(good, lnp / _LN10, 0.0)
+        cand = (_local_minima(logp) & (logp <= threshold_log10p) & good).ravel()
+        score_of = -logp.ravel()
+        pixel_of = jnp.arange(n_pix, dtype=jnp.int32)
+    # the minima are sparse: gather them and rank only those, instead of a top-k over the
+    # whole list; n_minima > n_gather is reported (Detections.minima_overflow)
+    n_cand = cand.size
+    n_gather = min(n_cand, max(8 * pre_k, 1024))
     n_minima = jnp.sum(cand).astype(jnp.int32)
-    cidx = jnp.nonzero(cand.ravel(), size=n_gather, fill_value=n_pix)[0]
-    cscore = jnp.where(cidx < n_pix, -logp.ravel()[jnp.minimum(cidx, n_pix - 1)], -jnp.inf)
+    cidx = _compact_indices(cand, n_gather)
+    cscore = jnp.where(cidx < n_cand, score_of[jnp.minimum(cidx, n_cand - 1)], -jnp.inf)
     k = min(pre_k, n_gather)
     vals, pos = lax.top_k(cscore, k)
-    idx = jnp.minimum(cidx[pos], n_pix - 1)
+    idx = pixel_of[jnp.minimum(cidx[pos], n_cand - 1)]
+    log10p_at = -vals
     if k < pre_k:  # pad (tiny images)
         vals = jnp.concatenate([vals, jnp.full(pre_k - k, -jnp.inf)])
         idx = jnp.concatenate([idx, jnp.zeros(pre_k - k, idx.dtype)])
+        log10p_at = jnp.concatenate([log10p_at, jnp.zeros(pre_k - k)])
     valid = jnp.isfinite(vals)
-    iy, ix = idx // logp.shape[1], idx % logp.shape[1]
+    iy, ix = idx // c.shape[1], idx % c.shape[1]
     if min_separation_pix > 0:
         valid = _suppress(iy.astype(jnp.float64), ix.astype(jnp.float64), valid,
                           float(min_separation_pix))
         order = jnp.argsort(~valid, stable=True)[:max_candidates]  # deepest-first kept
-        valid, iy, ix = valid[order], iy[order], ix[order]
+        valid, iy, ix, log10p_at = valid[order], iy[order], ix[order], log10p_at[order]
     y = iy.astype(jnp.float64)
     x = ix.astype(jnp.float64)
     tot = c[iy, ix]
@@ -444,7 +520,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     dml = jnp.where(valid, -intervals.log_false_probability(tot, jnp.maximum(bkg_deb,
                                                                              _BKG_FLOOR)), 0.0)
     zero = jnp.zeros_like(tot)
-    return Detections(x, y, jnp.where(valid, logp[iy, ix], 0.0), dml,
+    return Detections(x, y, jnp.where(valid, log10p_at, 0.0), dml,
                       jnp.where(valid, dml_raw, 0.0), jnp.where(valid, tot, zero),
                       jnp.where(valid, bkg_deb, zero), jnp.where(valid, bkg, zero),
                       jnp.where(valid, s_counts, zero),
@@ -488,6 +564,9 @@ class SimConfig:
     deblend: bool = True
     deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC
     eval_fraction: float = 0.08
+    series_terms: int | None = None
+    max_source_events: int = survey_sky.MAX_SOURCE_EVENTS
+    max_bright_pixels: int = 4096
     batch_size: int = 8
     poisson_split_mean: float = survey_sky.POISSON_SPLIT_MEAN
 
@@ -501,7 +580,7 @@ class SimResults(NamedTuple):
     matched, matched_flux (input 3-24 keV / logN-logS-band flux), matched_band_flux,
     separation (pixels).  Inputs (n_sims, max_sources): src_flux, src_band_flux,
     src_exposure, src_counts, src_valid; n_drawn, n_logp_needed, minima_overflow,
-    n_bright_pixels (n_sims,)."""
+    n_bright_pixels, n_source_events (n_sims,)."""
 
     det_x: jax.Array
     det_y: jax.Array
@@ -525,15 +604,17 @@ class SimResults(NamedTuple):
     n_logp_needed: jax.Array
     minima_overflow: jax.Array
     n_bright_pixels: jax.Array
+    n_source_events: jax.Array
 
 
 def _one_sim(key, exposure, background, match_total, filler, background_sum, count_limit,
              cfg: SimConfig, use_match: bool, use_filler: bool):
     scale = cfg.pixel_scale_arcsec
-    counts, cat = survey_sky.simulate_sky(
+    counts, cat = survey_sky.simulate_sky_events(
         key, exposure, background, scale, cfg.band, cfg.lognlogs, cfg.psf, cfg.max_sources,
         match_total if use_match else None, cfg.psf_radius_arcsec,
-        filler if use_filler else None, poisson_split_mean=cfg.poisson_split_mean)
+        filler if use_filler else None, poisson_split_mean=cfg.poisson_split_mean,
+        max_events=cfg.max_source_events, max_bright=cfg.max_bright_pixels)
     bkg = jnp.where(exposure > 0, background, 0.0)
     # detection uses the given background map (as the paper uses its background mosaics),
     # whose 20" sums and count screen are computed once per map (detection_background)
@@ -542,7 +623,8 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
                        cfg.min_separation_arcsec / scale, deblend=cfg.deblend,
                        pixel_scale_arcsec=scale, psf_profile=psf_table(cfg.psf),
                        deblend_arcsec=cfg.deblend_arcsec, eval_fraction=cfg.eval_fraction,
-                       count_limit=count_limit, background_sum=background_sum)
+                       count_limit=count_limit, background_sum=background_sum,
+                       series_terms=cfg.series_terms)
     det_xy = jnp.stack([det.x, det.y], axis=-1)
     src_xy = jnp.stack([cat.x, cat.y], axis=-1)
     matched, j, mflux, sep = match_catalogue(det_xy, det.valid, src_xy, cat.flux, cat.valid,
@@ -552,7 +634,7 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
                       det.total_counts, det.bkg_counts, det.source_counts, matched, mflux, mband,
                       sep, cat.flux, cat.band_flux, cat.exposure, cat.counts, cat.valid,
                       cat.n_drawn, det.n_logp_needed, det.minima_overflow,
-                      cat.n_bright_pixels)
+                      cat.n_bright_pixels, cat.n_source_events)
 
 
 def _run_chunk(keys, exposure, background, match_total, filler, background_sum, count_limit,
@@ -636,6 +718,26 @@ def poisson_split_for(background, match_total_counts=None,
     return split
 
 
+def background_mean_bound(background, exposure, match_total_counts=None, filler=None) -> float:
+    """Largest background mean per pixel that
+    :func:`~bkgjax.simulate.survey_sky.simulate_sky_events` can draw for this map: the
+    rescaling factor is largest with no source photons, ``(target - sum(B - F)) / sum(F)``
+    for the filler F (or ``target / sum(B)`` without one).  When it is below the Poisson
+    split mean the bright-pixel list of :func:`survey_sky.poisson_image` is not needed."""
+    good = np.asarray(exposure) > 0
+    bkg = np.where(good, np.asarray(background, np.float64), 0.0)
+    if match_total_counts is None:
+        return float(bkg.max(initial=0.0))
+    target = float(match_total_counts)
+    if filler is None:
+        scale = max(target, 0.0) / max(bkg.sum(), 1e-300)
+        return float(bkg.max(initial=0.0) * scale)
+    fill = np.where(good, np.asarray(filler, np.float64), 0.0)
+    fixed = bkg - fill
+    scale = max(target - fixed.sum(), 0.0) / max(fill.sum(), 1e-300)
+    return float((fixed + fill * scale).max(initial=0.0))
+
+
 def simulation_keys(key, n_sims: int):
     """Per-simulation keys ``fold_in(key, i)``: simulation i depends only on (key, i)."""
     return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_sims, dtype=jnp.uint32))
@@ -686,7 +788,13 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
         max_sources = max(16, int(mu + 8.0 * math.sqrt(mu) + 16))
         max_sources = int(2 ** math.ceil(math.log2(max_sources)))
     lognlogs.check_max_sources(area, max_sources)
+    if filler is not None and np.shape(filler) != background.shape:
+        raise ValueError(f"filler {np.shape(filler)} must have the background's shape "
+                         f"{background.shape}")
     config.setdefault("poisson_split_mean", poisson_split_for(background, match_total_counts))
+    if "max_bright_pixels" not in config and background_mean_bound(
+            background, exposure, match_total_counts, filler) <= config["poisson_split_mean"]:
+        config["max_bright_pixels"] = 0  # no background mean can exceed the split
     cfg = SimConfig(pixel_scale_arcsec=float(pixel_scale_arcsec), band=band, lognlogs=lognlogs,
                     psf=psf or ns.DEFAULT_PSF, max_sources=int(max_sources),
                     max_candidates=int(max_candidates),
@@ -695,6 +803,8 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     b_sum, count_limit = detection_background(exposure, background,
                                               cfg.aperture_arcsec / cfg.pixel_scale_arcsec,
                                               cfg.threshold_log10p)
+    if cfg.series_terms is None:
+        cfg = dataclasses.replace(cfg, series_terms=series_terms_for(b_sum, count_limit))
     # a chunk in which some map needed the exact log P on more pixels than the list holds is
     # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
     # maps): exact, never an error; the longer lists compile only when first needed
@@ -704,9 +814,6 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     use_filler = use_match and filler is not None
     mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
     fill = jnp.zeros_like(background) if filler is None else jnp.asarray(filler, jnp.float64)
-    if fill.shape != background.shape:
-        raise ValueError(f"filler {fill.shape} must have the background's shape "
-                         f"{background.shape}")
     devices = tuple(jax.devices() if devices is None else devices)
     n_dev = len(devices) if shard else 1
     chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
@@ -720,28 +827,45 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                          use_match=use_match, use_filler=use_filler)
 
     parts = []
-    n_rerun = 0
+    n_rerun = n_rerun_events = 0
     for start in tqdm(range(0, n_sims, chunk), disable=not progress, desc="simulations",
                       unit="chunk"):
-        for level, c in enumerate(ladder):
+        c = cfg
+        while True:
             out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], c))
+            # a source-photon buffer too short for some map (a very bright source): rerun
+            # with a buffer that holds them all (the same photons, see
+            # survey_sky.source_events_image)
+            most = int(np.max(out.n_source_events))
+            if most > c.max_source_events:
+                c = dataclasses.replace(c, max_source_events=int(2 ** math.ceil(
+                    math.log2(most))))
+                n_rerun_events += 1
+                continue
             max_eval = _eval_budget(c.eval_fraction, exposure.size)
             if max_eval >= exposure.size or not np.any(out.n_logp_needed > max_eval):
                 break
-        n_rerun += level > 0
+            c = dataclasses.replace(c, eval_fraction=next(
+                lv.eval_fraction for lv in ladder if lv.eval_fraction > c.eval_fraction))
+            n_rerun += 1
         parts.append(out)
     res = SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))
     if n_rerun:
-        warnings.warn(f"{n_rerun} of {len(parts)} chunk(s) needed the exact false probability "
+        warnings.warn(f"{n_rerun} chunk run(s) needed the exact false probability "
                       f"on more pixels than eval_fraction={cfg.eval_fraction} of the image and "
                       "were rerun with a longer list (slower, same results); raise "
                       "eval_fraction if this is frequent", RuntimeWarning, stacklevel=2)
-    if np.any(res.n_bright_pixels > 16384):
+    if n_rerun_events > 0.1 * len(parts):
+        warnings.warn(f"{n_rerun_events} chunk run(s) drew more source photons than "
+                      f"max_source_events={cfg.max_source_events} and were rerun with a "
+                      "longer buffer (slower, same results); raise max_source_events",
+                      RuntimeWarning, stacklevel=2)
+    if np.any(res.n_bright_pixels > cfg.max_bright_pixels):
         raise RuntimeError(
-            f"a mock sky had {int(res.n_bright_pixels.max())} pixels with a mean above "
-            f"{survey_sky.POISSON_SPLIT_MEAN} counts, more than the 16384 drawn separately "
-            "(survey_sky.poisson_image); this needs an unusually bright sky - lower the "
-            "exposure or background, or raise max_bright there.")
+            f"a mock sky had {int(res.n_bright_pixels.max())} background pixels with a mean "
+            f"above the split {cfg.poisson_split_mean} counts, more than the "
+            f"{cfg.max_bright_pixels} drawn separately (survey_sky.poisson_image); pass a "
+            "larger poisson_split_mean or max_bright_pixels to simulate_and_detect.")
     if np.any(res.minima_overflow > 0):
         raise RuntimeError(
             f"up to {int(res.minima_overflow.max())} local minima below the detection limit in "

@@ -75,7 +75,12 @@ __all__ = [
     "fft_convolve_same",
     "SkyCatalogue",
     "simulate_sky",
+    "simulate_sky_events",
+    "draw_catalogue",
+    "source_events_image",
+    "psf_radius_quantiles",
     "poisson_image",
+    "compact_indices",
 ]
 
 PHOTON_INDEX = 1.8
@@ -204,8 +209,9 @@ class SkyCatalogue(NamedTuple):
     """Input catalogue of one mock sky (arrays of length ``max_sources``): x, y (0-based
     pixels), flux (3-24 keV or the logN-logS band, erg cm^-2 s^-1, total), band_flux (in the
     simulated band), exposure (s, at the source pixel), counts (expected total PSF counts),
-    valid, n_drawn (Poisson number drawn, > max_sources means truncation) and
-    n_bright_pixels (pixels above :data:`POISSON_SPLIT_MEAN`, see :func:`poisson_image`)."""
+    valid, n_drawn (Poisson number drawn, > max_sources means truncation),
+    n_bright_pixels (pixels above the split mean, see :func:`poisson_image`) and
+    n_source_events (photons drawn by :func:`simulate_sky_events`)."""
 
     x: jax.Array
     y: jax.Array
@@ -216,6 +222,7 @@ class SkyCatalogue(NamedTuple):
     valid: jax.Array
     n_drawn: jax.Array
     n_bright_pixels: jax.Array = 0
+    n_source_events: jax.Array = 0
 
 
 def _splat_bilinear(shape, x, y, w):
@@ -235,13 +242,12 @@ def _splat_bilinear(shape, x, y, w):
     return img
 
 
-def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
-                 lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
-                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None):
-    """Expected counts image (sources + possibly rescaled background) and the input catalogue
-    of one mock sky; :func:`simulate_sky` without the Poisson step."""
+def draw_catalogue(key, exposure, pixel_scale_arcsec: float, band: str = "3-24",
+                   lognlogs: LogNLogS = TREISTER09_APPROX, max_sources: int = 256):
+    """Input catalogue of one mock sky (steps 1-3 of the module docstring): fluxes from the
+    logN-logS, positions uniform over the exposed pixels (continuous, pixel centres at
+    integers), expected total PSF counts = band flux / CF x exposure at the position."""
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
-    background = jnp.asarray(background, dtype=jnp.float64)
     good = exposure > 0
     shape = exposure.shape
     k_flux, k_pix, k_off = jax.random.split(key, 3)
@@ -262,6 +268,20 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     expo = exposure[iy, ix]
     cf = ns.band_info(band).cf
     counts = jnp.where(valid, band_flux / cf * expo, 0.0)
+    return SkyCatalogue(x, y, flux, band_flux, expo, counts, valid, n)
+
+
+def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
+                 lognlogs: LogNLogS = TREISTER09_APPROX, psf=None, max_sources: int = 256,
+                 match_total_counts=None, psf_radius_arcsec: float = 150.0, filler=None):
+    """Expected counts image (sources + possibly rescaled background) and the input catalogue
+    of one mock sky; :func:`simulate_sky` without the Poisson step."""
+    exposure = jnp.asarray(exposure, dtype=jnp.float64)
+    background = jnp.asarray(background, dtype=jnp.float64)
+    good = exposure > 0
+    shape = exposure.shape
+    cat = draw_catalogue(key, exposure, pixel_scale_arcsec, band, lognlogs, max_sources)
+    x, y, flux, band_flux, expo, counts, valid, n = cat[:8]
     point = _splat_bilinear(shape, x, y, counts)
     kernel = psf_kernel(pixel_scale_arcsec, psf, psf_radius_arcsec)
     src = jnp.where(good, jnp.maximum(fft_convolve_same(point, kernel), 0.0), 0.0)
@@ -278,7 +298,6 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
         scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum(), 0.0) \
             / jnp.maximum(bkg.sum(), 1e-300)
         bkg = bkg * scale
-    cat = SkyCatalogue(x, y, flux, band_flux, expo, counts, valid, n)
     return src + bkg, cat
 
 
@@ -302,6 +321,21 @@ def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     return counts, cat._replace(n_bright_pixels=n_bright)
 
 
+def compact_indices(mask, size: int):
+    """Flat indices of the True entries of ``mask`` in increasing order, padded with
+    ``mask.size`` to ``size`` entries: ``jnp.nonzero(mask.ravel(), size=, fill_value=)`` by
+    a cumulative sum and one scatter, 2-3x faster on XLA:CPU for a NEP-size map and
+    independent of ``size``."""
+    from jax import lax
+
+    flat = jnp.asarray(mask).ravel()
+    n = flat.size
+    rank = lax.associative_scan(jnp.add, flat.astype(jnp.int32)) - 1
+    target = jnp.where(flat, rank, size)
+    return jnp.full(size, n, jnp.int32).at[target].set(jnp.arange(n, dtype=jnp.int32),
+                                                       mode="drop", unique_indices=True)
+
+
 POISSON_SPLIT_MEAN = 8.0
 """Pixel means are split at this value for :func:`poisson_image`."""
 
@@ -316,7 +350,8 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     kernel), the second only for the few pixels brighter than :math:`L` (source cores),
     gathered into a list of ``max_bright`` entries and drawn with ``jax.random.poisson``.
     Returns (counts as float64, number of pixels above L); more than ``max_bright`` such pixels
-    would leave the excess of the others undrawn, so callers must check the number
+    would leave the excess of the others undrawn (``max_bright=0``: no list, for callers that
+    know that no mean exceeds L), so callers must check the number
     (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` does)."""
     from .nustar_campaign import _walk
 
@@ -331,10 +366,125 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     excess = (lam - small).ravel()
     bright = excess > 0
     n_bright = jnp.sum(bright).astype(jnp.int32)
+    if max_bright == 0:  # the caller guarantees lam <= split_mean (n_bright reports a breach)
+        return counts, n_bright
     n_pix = excess.size
     size = int(min(n_pix, max_bright))
-    idx = jnp.nonzero(bright, size=size, fill_value=n_pix)[0]
+    idx = compact_indices(bright, size)
     mean = jnp.where(idx < n_pix, excess[jnp.minimum(idx, n_pix - 1)], 0.0)
     extra = jax.random.poisson(k_b, mean).astype(jnp.float64)
     counts = counts.ravel().at[idx].add(extra, mode="drop").reshape(lam.shape)
     return counts, n_bright
+
+
+# ------------------------------------------------------------------ event-based mock skies
+MAX_SOURCE_EVENTS = 16384
+"""Default length of the source-event buffer of :func:`simulate_sky_events`."""
+
+
+def psf_radius_quantiles(psf=None, radius_arcsec: float = 150.0, n_grid: int = 4096):
+    r"""Radius (arcsec) at the quantiles :math:`u = 0, 1/n, \dots, 1` of the PSF truncated
+    at ``radius_arcsec``, i.e. the inverse of :math:`\mathrm{EEF}(r)/\mathrm{EEF}(r_{max})`
+    (a hashable tuple, static under jit; linear interpolation in u draws a radius from one
+    uniform).  Built from the EEF on a 0.0075" grid, NumPy, once per PSF."""
+    psf = psf or ns.DEFAULT_PSF
+    r = np.linspace(0.0, radius_arcsec, 20001)
+    eef = np.asarray(psf.encircled_fraction(r), np.float64)
+    eef = np.maximum.accumulate(eef / eef[-1])
+    u = np.linspace(0.0, 1.0, n_grid + 1)
+    return tuple(np.interp(u, eef, r).tolist())
+
+
+def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float, psf=None,
+                        psf_radius_arcsec: float = 150.0,
+                        max_events: int = MAX_SOURCE_EVENTS):
+    r"""Poisson counts image of the catalogue's sources, photon by photon.
+
+    Source *i* emits :math:`n_i \sim \mathrm{Poisson}(\mu_i\,\mathrm{EEF}(r_{max}))` photons
+    (``cat.counts`` = :math:`\mu_i`, total PSF counts; the 3 % beyond ``psf_radius_arcsec``
+    are dropped as in :func:`expected_sky`), each at a radius drawn from the truncated PSF
+    (:func:`psf_radius_quantiles`) and a uniform position angle around the continuous
+    source position; a photon is counted in the pixel whose centre is nearest (pixel
+    centres at integers) and lost off the image or on zero exposure.  This is the PSF
+    integrated over each pixel, exactly; the binned model of :func:`expected_sky` samples it
+    at pixel centres and adds the bilinear splat.  The photons fill a buffer of
+    ``max_events`` (static) in source order; returns (image, photons drawn, photons on
+    exposed pixels).  More photons than ``max_events`` leave the excess undrawn: callers
+    must check the number (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`
+    reruns such a chunk with a longer buffer; the draws are the same, since each photon's
+    uniforms depend only on its place in the buffer)."""
+    good = jnp.asarray(good)
+    h, w = good.shape
+    quantiles = psf_radius_quantiles(psf, psf_radius_arcsec)
+    eef_max = float((psf or ns.DEFAULT_PSF).encircled_fraction(psf_radius_arcsec))
+    k_n, k_r, k_a = jax.random.split(key, 3)
+    mean = jnp.where(cat.valid, cat.counts * eef_max, 0.0)
+    n_photons = jax.random.poisson(k_n, mean, dtype=jnp.int32)
+    cum = jnp.cumsum(n_photons)
+    n_total = cum[-1]
+    slot = jnp.arange(max_events, dtype=jnp.int32)
+    src = jnp.minimum(jnp.searchsorted(cum, slot, side="right"), cum.size - 1)
+    used = slot < n_total
+    # radius by linear interpolation of the inverse truncated EEF on its regular u grid
+    n_grid = len(quantiles) - 1
+    table = jnp.asarray(quantiles, jnp.float64)
+    pos = jax.random.uniform(k_r, (max_events,), dtype=jnp.float64) * n_grid
+    i = jnp.minimum(jnp.floor(pos).astype(jnp.int32), n_grid - 1)
+    radius = (table[i] + (pos - i) * (table[i + 1] - table[i])) / pixel_scale_arcsec
+    angle = jax.random.uniform(k_a, (max_events,), dtype=jnp.float64, maxval=2.0 * math.pi)
+    px = jnp.floor(cat.x[src] + radius * jnp.cos(angle) + 0.5).astype(jnp.int32)
+    py = jnp.floor(cat.y[src] + radius * jnp.sin(angle) + 0.5).astype(jnp.int32)
+    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+    flat = jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1)
+    keep = used & inside & good.ravel()[flat]
+    image = jnp.zeros(h * w, jnp.float64).at[jnp.where(keep, flat, h * w)].add(
+        1.0, mode="drop")
+    return image.reshape(h, w), n_total, jnp.sum(keep, dtype=jnp.int32)
+
+
+def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
+                        band: str = "3-24", lognlogs: LogNLogS = TREISTER09_APPROX, psf=None,
+                        max_sources: int = 256, match_total_counts=None,
+                        psf_radius_arcsec: float = 150.0, filler=None,
+                        poisson_split_mean: float | None = None,
+                        max_events: int = MAX_SOURCE_EVENTS, max_bright: int = 4096):
+    r"""One mock sky with the sources drawn photon by photon: ``(counts image,
+    SkyCatalogue)``; the engine of
+    :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`.
+
+    Same recipe as :func:`simulate_sky` (module docstring) with two differences:
+
+    * the source counts are Poisson photons placed with the PSF
+      (:func:`source_events_image`) instead of a Poisson draw of the PSF-convolved image: the
+      same distribution up to the PSF sampling (integrated over pixels here, sampled at
+      pixel centres there), and no FFT;
+    * ``match_total_counts`` uses the *drawn* source photons on exposed pixels (where
+      :func:`simulate_sky` uses their expectation): the filler is rescaled by
+      :math:`\max(C_\mathrm{target} - n_\mathrm{src} - \sum(B - F), 0) / \sum F`, so that the
+      expected total is the target given the sources, as in the paper (sec. 3.1).
+
+    The background part is drawn by :func:`poisson_image`.  ``SkyCatalogue.n_source_events``
+    holds the photons drawn (must be <= ``max_events``) and ``n_bright_pixels`` the
+    background pixels above the split (must be <= ``max_bright``)."""
+    exposure = jnp.asarray(exposure, dtype=jnp.float64)
+    background = jnp.asarray(background, dtype=jnp.float64)
+    good = exposure > 0
+    k_cat, k_src, k_bkg = jax.random.split(key, 3)
+    cat = draw_catalogue(k_cat, exposure, pixel_scale_arcsec, band, lognlogs, max_sources)
+    src, n_events, n_src_good = source_events_image(k_src, cat, good, pixel_scale_arcsec, psf,
+                                                    psf_radius_arcsec, max_events)
+    bkg = jnp.where(good, background, 0.0)
+    if match_total_counts is not None:
+        target = jnp.asarray(match_total_counts, jnp.float64) - n_src_good
+        if filler is not None:
+            fill = jnp.where(good, jnp.asarray(filler, jnp.float64), 0.0)
+            fixed = bkg - fill
+            scale = jnp.maximum(target - fixed.sum(), 0.0) / jnp.maximum(fill.sum(), 1e-300)
+            bkg = fixed + fill * scale
+        else:
+            bkg = bkg * jnp.maximum(target, 0.0) / jnp.maximum(bkg.sum(), 1e-300)
+    counts, n_bright = poisson_image(
+        k_bkg, bkg, POISSON_SPLIT_MEAN if poisson_split_mean is None else poisson_split_mean,
+        max_bright)
+    counts = jnp.where(good, counts + src, 0.0)
+    return counts, cat._replace(n_bright_pixels=n_bright, n_source_events=n_events)

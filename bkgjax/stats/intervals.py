@@ -27,6 +27,8 @@ __all__ = [
     "poisson_interval",
     "false_probability",
     "log_false_probability",
+    "log_false_probability_series",
+    "false_probability_series_terms",
     "det_ml",
 ]
 
@@ -182,6 +184,64 @@ def log_false_probability(counts, background):
         n_safe * jnp.log(b_safe) - b_safe - gammaln(n_safe + 1.0) - jnp.log1p(-ratio)
     )
     return jnp.where(tiny, asymptotic, jnp.log(jnp.where(tiny, 1.0, p)))
+
+
+def log_false_probability_series(counts, background, n_terms: int):
+    r""":math:`\ln P(C, B)` (eq. 1) from the first ``n_terms`` + 1 terms of the series
+
+    .. math:: P(C, B) = \frac{B^C e^{-B}}{\Gamma(C+1)}\,S,\qquad
+              S = \sum_{j\ge0} t_j,\quad t_0 = 1,\quad t_j = t_{j-1}\frac{B}{C+j}
+
+    (Abramowitz & Stegun 6.5.29; Numerical Recipes ``gser``), summed in log space, so it
+    neither underflows nor needs the asymptotic branch of :func:`log_false_probability`.
+    For :math:`B < C` the terms fall geometrically and the neglected tail is at most
+    :math:`t_N / (1 - B/(C+N+1))` relative to S: choose ``n_terms`` (static) with
+    :func:`false_probability_series_terms` for the smallest C and the largest B that will be
+    evaluated.  Unlike XLA's incomplete gamma (series *and* continued fraction, each iterated
+    until the slowest lane converges) this is a fixed, fused loop: about 4x faster on a
+    screened list of survey pixels (``survey_vectorised``), equal to SciPy to ~1e-13.
+    Meant for :math:`B < C` (every pixel that can reach a small P); for :math:`B \ge C` it
+    needs many more terms."""
+    c = jnp.asarray(counts, dtype=jnp.float64)
+    b = jnp.asarray(background, dtype=jnp.float64)
+    leading = c * jnp.log(b) - b - gammaln(c + 1.0)
+
+    def body(j, state):
+        term, total = state
+        term = term * b / (c + j.astype(jnp.float64))
+        return term, total + term
+
+    one = jnp.ones(jnp.broadcast_shapes(c.shape, b.shape), jnp.float64)
+    _, total = jax.lax.fori_loop(1, int(n_terms) + 1, body, (one, one), unroll=8)
+    return leading + jnp.log(total)
+
+
+def false_probability_series_terms(counts_min, background, rtol: float = 1e-15,
+                                   max_terms: int = 1_000_000) -> int:
+    r"""Smallest N for which :func:`log_false_probability_series` with ``n_terms=N`` has a
+    relative truncation error of S (and an absolute error of :math:`\ln P`) below ``rtol``
+    for every pair (C >= ``counts_min``, ``background``), elementwise (NumPy, for a static
+    argument).  The bound :math:`t_N / (1 - B/(C+N+1))` decreases with C, so the smallest
+    C of each pixel is the worst case.  Needs ``counts_min > background`` everywhere."""
+    import numpy as np
+
+    c = np.asarray(counts_min, dtype=np.float64).ravel()
+    b = np.broadcast_to(np.asarray(background, dtype=np.float64), np.shape(counts_min)).ravel()
+    if c.size == 0:
+        return 1
+    if np.any(~(c > b)) or np.any(~np.isfinite(c)) or np.any(~(b > 0)):
+        raise ValueError("false_probability_series_terms needs finite counts_min > background "
+                         "> 0 everywhere")
+    term = np.ones_like(c)
+    n = 0
+    while c.size:
+        n += 1
+        if n > max_terms:
+            raise ValueError(f"the series needs more than {max_terms} terms")
+        term = term * b / (c + n)
+        done = term / (1.0 - b / (c + n + 1.0)) <= rtol
+        term, c, b = term[~done], c[~done], b[~done]
+    return n
 
 
 def det_ml(counts, background):
