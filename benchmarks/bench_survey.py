@@ -430,9 +430,10 @@ def agreement(args):
     mu = ss.TREISTER09_APPROX.expected_number(area)
     max_sources = int(2 ** math.ceil(math.log2(max(16, int(mu + 8 * math.sqrt(mu) + 16)))))
     key = sv.simulation_keys(jax.random.PRNGKey(args.seed), 1)[0]
-    counts, cat = ss.simulate_sky(key, expo, bkg, scale, args.band, ss.TREISTER09_APPROX,
-                                  None, max_sources, mt, 150.0, fcxb,
-                                  poisson_split_mean=sv.poisson_split_for(bkg, mt))
+    counts, cat = ss.simulate_sky_events(key, expo, bkg, scale, args.band,
+                                         ss.TREISTER09_APPROX, None, max_sources, mt, 150.0,
+                                         fcxb, poisson_split_mean=sv.poisson_split_for(bkg, mt),
+                                         max_bright=0)
     counts = np.asarray(counts)
     assert np.allclose(np.asarray(cat.flux)[np.asarray(cat.valid)],
                        res.src_flux[0][res.src_valid[0]])
