@@ -180,8 +180,6 @@ def _sparse_log_false_probability(c, b, good, eval_fraction: float,
     return flat.reshape(c.shape), n_needed
 
 
-_compact_indices = survey_sky.compact_indices
-
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -197,13 +195,13 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
     :math:`\log_{10}P = 0`, exactly as in the full-map path.  A listed pixel is a local
     minimum when it is <= its 8 neighbours (those inside the image) and differs from the
     four earlier in raster order (the plateau rule of :func:`_local_minima`).  Returns
-    (flat pixel index, in-list flag, log10 P, local-minimum-below-threshold flag) per list
-    entry and the number of needed pixels (the list is too short when it exceeds ``size``)."""
+    (flat pixel index, log10 P, local-minimum-below-threshold flag) per list entry and the
+    number of needed pixels (the list is too short when it exceeds ``size``)."""
     h, w = c.shape
     n_pix = c.size
     need = (good & (c > count_limit)).ravel()
     n_needed = jnp.sum(need, dtype=jnp.int32)
-    idx = _compact_indices(need, size)
+    idx = survey_sky.compact_indices(need, size)
     used = idx < n_pix
     safe = jnp.minimum(idx, n_pix - 1)
     # unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway
@@ -222,13 +220,13 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
         is_min = is_min & (logp <= nb)
         if k < 4:  # plateau tie-break: no equal neighbour earlier in raster order
             is_min = is_min & (nb != logp)
-    return safe, used, logp, is_min, n_needed
+    return safe, logp, is_min, n_needed
 
 
 def series_terms_for(background_sum, count_limit, rtol: float = 1e-15) -> int:
     """Static number of series terms for :func:`_screened_minima` on this background map:
     :func:`bkgjax.stats.intervals.false_probability_series_terms` at the smallest counts sum
-    that is evaluated (``count_limit + 1``) of every pixel; 0.3 s for a NEP-size map."""
+    that is evaluated (``count_limit + 1``) of every pixel; ~0.2 s for a NEP-size map."""
     b = np.asarray(background_sum, np.float64)
     c_min = np.asarray(count_limit, np.float64) + 1.0
     # a pixel with c_min <= b cannot occur (the limit is above the median); guard anyway
@@ -462,7 +460,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     if count_limit is not None and series_terms is not None:
         # simulations: log P and the minima on the screened list only
         size = _eval_budget(eval_fraction, n_pix)
-        pix, _, logp_list, cand, n_logp_needed = _screened_minima(
+        pix, logp_list, cand, n_logp_needed = _screened_minima(
             c, b, good, count_limit, int(series_terms), size, threshold_log10p)
         score_of = -logp_list
         pixel_of = pix
@@ -482,7 +480,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     n_cand = cand.size
     n_gather = min(n_cand, max(8 * pre_k, 1024))
     n_minima = jnp.sum(cand).astype(jnp.int32)
-    cidx = _compact_indices(cand, n_gather)
+    cidx = survey_sky.compact_indices(cand, n_gather)
     cscore = jnp.where(cidx < n_cand, score_of[jnp.minimum(cidx, n_cand - 1)], -jnp.inf)
     k = min(pre_k, n_gather)
     vals, pos = lax.top_k(cscore, k)
@@ -724,18 +722,12 @@ def background_mean_bound(background, exposure, match_total_counts=None, filler=
     rescaling factor is largest with no source photons, ``(target - sum(B - F)) / sum(F)``
     for the filler F (or ``target / sum(B)`` without one).  When it is below the Poisson
     split mean the bright-pixel list of :func:`survey_sky.poisson_image` is not needed."""
-    good = np.asarray(exposure) > 0
-    bkg = np.where(good, np.asarray(background, np.float64), 0.0)
-    if match_total_counts is None:
-        return float(bkg.max(initial=0.0))
-    target = float(match_total_counts)
-    if filler is None:
-        scale = max(target, 0.0) / max(bkg.sum(), 1e-300)
-        return float(bkg.max(initial=0.0) * scale)
-    fill = np.where(good, np.asarray(filler, np.float64), 0.0)
-    fixed = bkg - fill
-    scale = max(target - fixed.sum(), 0.0) / max(fill.sum(), 1e-300)
-    return float((fixed + fill * scale).max(initial=0.0))
+    good = jnp.asarray(exposure) > 0
+    bkg = jnp.where(good, jnp.asarray(background, jnp.float64), 0.0)
+    if match_total_counts is not None:
+        bkg = survey_sky.rescaled_background(
+            bkg, good, jnp.asarray(match_total_counts, jnp.float64), filler)
+    return float(jnp.max(bkg))
 
 
 def simulation_keys(key, n_sims: int):

@@ -77,6 +77,7 @@ __all__ = [
     "simulate_sky",
     "simulate_sky_events",
     "draw_catalogue",
+    "rescaled_background",
     "source_events_image",
     "psf_radius_quantiles",
     "poisson_image",
@@ -286,19 +287,23 @@ def expected_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     kernel = psf_kernel(pixel_scale_arcsec, psf, psf_radius_arcsec)
     src = jnp.where(good, jnp.maximum(fft_convolve_same(point, kernel), 0.0), 0.0)
     bkg = jnp.where(good, background, 0.0)
-    if match_total_counts is not None and filler is not None:
-        # paper sec. 3.1: only the focused-CXB (filler) part is rescaled so that sources +
-        # background reach the target total
-        fill = jnp.where(good, jnp.asarray(filler, jnp.float64), 0.0)
-        fixed = bkg - fill
-        scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum()
-                            - fixed.sum(), 0.0) / jnp.maximum(fill.sum(), 1e-300)
-        bkg = fixed + fill * scale
-    elif match_total_counts is not None:
-        scale = jnp.maximum(jnp.asarray(match_total_counts, jnp.float64) - src.sum(), 0.0) \
-            / jnp.maximum(bkg.sum(), 1e-300)
-        bkg = bkg * scale
+    if match_total_counts is not None:
+        bkg = rescaled_background(bkg, good, jnp.asarray(match_total_counts, jnp.float64)
+                                  - src.sum(), filler)
     return src + bkg, cat
+
+
+def rescaled_background(background, good, target, filler=None):
+    r"""Background means rescaled so that they sum to ``target`` (the observed total minus
+    the source counts; paper sec. 3.1): with ``filler`` (the focused-CXB part F) only F is
+    scaled, by :math:`\max(T - \sum(B - F), 0) / \sum F`; without it the whole map, by
+    :math:`\max(T, 0) / \sum B`.  ``background`` must already be 0 off ``good``."""
+    if filler is None:
+        return background * jnp.maximum(target, 0.0) / jnp.maximum(background.sum(), 1e-300)
+    fill = jnp.where(good, jnp.asarray(filler, jnp.float64), 0.0)
+    fixed = background - fill
+    scale = jnp.maximum(target - fixed.sum(), 0.0) / jnp.maximum(fill.sum(), 1e-300)
+    return fixed + fill * scale
 
 
 def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str = "3-24",
@@ -475,14 +480,8 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
                                                     psf_radius_arcsec, max_events)
     bkg = jnp.where(good, background, 0.0)
     if match_total_counts is not None:
-        target = jnp.asarray(match_total_counts, jnp.float64) - n_src_good
-        if filler is not None:
-            fill = jnp.where(good, jnp.asarray(filler, jnp.float64), 0.0)
-            fixed = bkg - fill
-            scale = jnp.maximum(target - fixed.sum(), 0.0) / jnp.maximum(fill.sum(), 1e-300)
-            bkg = fixed + fill * scale
-        else:
-            bkg = bkg * jnp.maximum(target, 0.0) / jnp.maximum(bkg.sum(), 1e-300)
+        bkg = rescaled_background(bkg, good, jnp.asarray(match_total_counts, jnp.float64)
+                                  - n_src_good, filler)
     counts, n_bright = poisson_image(
         k_bkg, bkg, POISSON_SPLIT_MEAN if poisson_split_mean is None else poisson_split_mean,
         max_bright)
