@@ -328,7 +328,8 @@ def worker_jax(args):
 
 
 def profile_jax(expo, bkg, fcxb, scale, args, kw):
-    """Per-stage time of the jitted pieces, vmapped over one batch (batch_size sims)."""
+    """Per-stage time of the jitted pieces of the engine, vmapped over one batch
+    (batch_size sims), with the static sizes that simulate_and_detect chooses."""
     import jax
     import jax.numpy as jnp
 
@@ -343,32 +344,36 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     cfg = sv.SimConfig(pixel_scale_arcsec=scale, band=args.band, max_sources=max_sources,
                        max_candidates=128)
     keys = sv.simulation_keys(jax.random.PRNGKey(args.seed), args.batch_size)
-    gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky(
-        k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
-        cfg.psf_radius_arcsec, f, poisson_split_mean=split)[0]))
     bdet = jnp.where(e > 0, b, 0.0)
     r = cfg.aperture_arcsec / scale
     b_sum, limit = sv.detection_background(e, b, r)
+    terms = sv.series_terms_for(b_sum, limit)
     split = sv.poisson_split_for(b, mt)
+    max_bright = 0 if sv.background_mean_bound(b, e, mt, f) <= split else 4096
+    gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky_events(
+        k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
+        cfg.psf_radius_arcsec, f, poisson_split_mean=split, event_block=cfg.source_event_block,
+        max_bright=max_bright)[0]))
 
     def det(counts, deblend):
         return sv.detect_fixed(counts, bdet, e, r, 128, cfg.threshold_log10p,
                                cfg.min_separation_arcsec / scale, deblend=deblend,
                                pixel_scale_arcsec=scale, psf_profile=sv.psf_table(cfg.psf),
                                eval_fraction=cfg.eval_fraction, count_limit=limit,
-                               background_sum=b_sum).det_ml
+                               background_sum=b_sum, series_terms=terms).det_ml
 
     det_nodeb = jax.jit(jax.vmap(lambda c: det(c, False)))
     det_deb = jax.jit(jax.vmap(lambda c: det(c, True)))
     tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_fft(c, r, e)))
-    out = {}
+    out = {"source_event_block": cfg.source_event_block, "series_terms": int(terms),
+           "poisson_split_mean": float(split), "max_bright_pixels": max_bright}
     counts = jax.block_until_ready(gen(keys))
     for name, fn, arg in (("generate", gen, keys), ("tophat_fft_counts", tophat, counts),
                           ("detect_no_deblend", det_nodeb, counts),
                           ("detect_with_deblend", det_deb, counts)):
         jax.block_until_ready(fn(arg))
         ts = []
-        for _ in range(2):
+        for _ in range(3):
             t0 = time.perf_counter()
             jax.block_until_ready(fn(arg))
             ts.append(time.perf_counter() - t0)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import math
 
 import jax
@@ -170,6 +171,7 @@ def test_simulate_and_detect_reproducible(field):
                                 **kw)
     r4 = sv.simulate_and_detect(6, 24, expo, bkg, SCALE, batch_size=4, batches_per_chunk=2,
                                 **kw)
+    assert sv.run_chunk._cache_size() == n_cache + 1  # batch 6 compiled; a new seed did not
     for a, b, c in zip(r1, r2, r3):
         np.testing.assert_array_equal(a, b)
         if a.dtype == bool or np.issubdtype(a.dtype, np.integer):
@@ -525,7 +527,7 @@ def test_source_events_follow_psf_and_poisson():
                           jnp.ones(1), jnp.array([mu]), jnp.array([True]), jnp.array(1))
     keys = jax.random.split(jax.random.PRNGKey(3), 200)
     draw = jax.jit(jax.vmap(lambda k: ss.source_events_image(k, cat, good, SCALE,
-                                                             max_events=1024)))
+                                                             block=256)))
     images, n_total, n_good = draw(keys)
     eef = float(ns.DEFAULT_PSF.encircled_fraction(150.0))
     totals = np.asarray(n_total)
@@ -542,12 +544,24 @@ def test_source_events_follow_psf_and_poisson():
         assert abs(frac - expect) < 0.02, (rad, frac, expect)
 
 
-def test_source_event_buffer_rerun_gives_same_maps(field):
+def test_source_photons_beyond_one_block_are_all_drawn(field):
+    """Photons are placed in blocks until all are drawn: with a block far shorter than a
+    map's photons every photon is still there (image sum = photons on exposed pixels, no
+    truncation), and the block size, a static setting, is the only thing that changes the
+    maps (results stay independent of batch_size and chunks)."""
     expo, bkg = field
-    kw = dict(max_sources=64, max_candidates=32, progress=False, batch_size=2,
-              batches_per_chunk=1)
-    big = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, max_source_events=1 << 16, **kw)
-    assert big.n_source_events.max() > 8
-    small = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, max_source_events=8, **kw)
-    for a, b in zip(big, small):
+    kw = dict(max_sources=64, max_candidates=32, progress=False, batches_per_chunk=1)
+    small = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, source_event_block=16,
+                                   batch_size=2, **kw)
+    assert small.n_source_events.max() > 16 * 4
+    again = sv.simulate_and_detect(9, 4, expo, bkg, SCALE, source_event_block=16,
+                                   batch_size=4, **kw)
+    for a, b in zip(small, again):
         np.testing.assert_array_equal(a, b)
+    cat = ss.draw_catalogue(jax.random.PRNGKey(4), expo, SCALE, max_sources=64)
+    good = np.asarray(expo) > 0
+    for block in (8, 4096):
+        image, n_total, n_kept = ss.source_events_image(jax.random.PRNGKey(5), cat, good, SCALE,
+                                                        block=block)
+        assert int(n_total) > 8 * 5 and float(np.asarray(image).sum()) == int(n_kept)
+        assert np.all(np.asarray(image)[~good] == 0)

@@ -563,7 +563,7 @@ class SimConfig:
     deblend_arcsec: float = ns.DEBLEND_RADIUS_ARCSEC
     eval_fraction: float = 0.08
     series_terms: int | None = None
-    max_source_events: int = survey_sky.MAX_SOURCE_EVENTS
+    source_event_block: int = survey_sky.SOURCE_EVENT_BLOCK
     max_bright_pixels: int = 4096
     batch_size: int = 8
     poisson_split_mean: float = survey_sky.POISSON_SPLIT_MEAN
@@ -612,7 +612,7 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
         key, exposure, background, scale, cfg.band, cfg.lognlogs, cfg.psf, cfg.max_sources,
         match_total if use_match else None, cfg.psf_radius_arcsec,
         filler if use_filler else None, poisson_split_mean=cfg.poisson_split_mean,
-        max_events=cfg.max_source_events, max_bright=cfg.max_bright_pixels)
+        event_block=cfg.source_event_block, max_bright=cfg.max_bright_pixels)
     bkg = jnp.where(exposure > 0, background, 0.0)
     # detection uses the given background map (as the paper uses its background mosaics),
     # whose 20" sums and count screen are computed once per map (detection_background)
@@ -742,7 +742,7 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                         match_total_counts=None, filler=None, batch_size: int = 8,
                         batches_per_chunk: int = 4, progress: bool = True, shard: bool = True,
                         devices=None, **config) -> SimResults:
-    """``n_sims`` mock skies (:func:`survey_sky.simulate_sky`) + :func:`detect_fixed` +
+    """``n_sims`` mock skies (:func:`survey_sky.simulate_sky_events`) + :func:`detect_fixed` +
     :func:`match_catalogue` (30"), from one seed ``key`` (int or PRNG key).
 
     Simulation i uses ``fold_in(key, i)``, so results do not depend on ``batch_size``,
@@ -797,11 +797,6 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                                               cfg.threshold_log10p)
     if cfg.series_terms is None:
         cfg = dataclasses.replace(cfg, series_terms=series_terms_for(b_sum, count_limit))
-    # a chunk in which some map needed the exact log P on more pixels than the list holds is
-    # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
-    # maps): exact, never an error; the longer lists compile only when first needed
-    ladder = [cfg] + [dataclasses.replace(cfg, eval_fraction=f)
-                      for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
     use_match = match_total_counts is not None
     use_filler = use_match and filler is not None
     mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
@@ -810,6 +805,11 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     n_dev = len(devices) if shard else 1
     chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
     keys = simulation_keys(key, int(math.ceil(n_sims / chunk)) * chunk)
+    # a chunk in which some map needed the exact log P on more pixels than the list holds is
+    # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
+    # maps): exact, never an error; the longer lists compile only when first needed
+    ladder = [cfg] + [dataclasses.replace(cfg, eval_fraction=f)
+                      for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
 
     def run(k, c):
         if n_dev > 1:
@@ -819,21 +819,12 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                          use_match=use_match, use_filler=use_filler)
 
     parts = []
-    n_rerun = n_rerun_events = 0
+    n_rerun = 0
     for start in tqdm(range(0, n_sims, chunk), disable=not progress, desc="simulations",
                       unit="chunk"):
         c = cfg
         while True:
             out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], c))
-            # a source-photon buffer too short for some map (a very bright source): rerun
-            # with a buffer that holds them all (the same photons, see
-            # survey_sky.source_events_image)
-            most = int(np.max(out.n_source_events))
-            if most > c.max_source_events:
-                c = dataclasses.replace(c, max_source_events=int(2 ** math.ceil(
-                    math.log2(most))))
-                n_rerun_events += 1
-                continue
             max_eval = _eval_budget(c.eval_fraction, exposure.size)
             if max_eval >= exposure.size or not np.any(out.n_logp_needed > max_eval):
                 break
@@ -847,11 +838,6 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                       f"on more pixels than eval_fraction={cfg.eval_fraction} of the image and "
                       "were rerun with a longer list (slower, same results); raise "
                       "eval_fraction if this is frequent", RuntimeWarning, stacklevel=2)
-    if n_rerun_events > 0.1 * len(parts):
-        warnings.warn(f"{n_rerun_events} chunk run(s) drew more source photons than "
-                      f"max_source_events={cfg.max_source_events} and were rerun with a "
-                      "longer buffer (slower, same results); raise max_source_events",
-                      RuntimeWarning, stacklevel=2)
     if np.any(res.n_bright_pixels > cfg.max_bright_pixels):
         raise RuntimeError(
             f"a mock sky had {int(res.n_bright_pixels.max())} background pixels with a mean "

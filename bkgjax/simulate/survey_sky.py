@@ -79,6 +79,7 @@ __all__ = [
     "draw_catalogue",
     "rescaled_background",
     "source_events_image",
+    "source_photon_numbers",
     "psf_radius_quantiles",
     "poisson_image",
     "compact_indices",
@@ -383,8 +384,9 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
 
 
 # ------------------------------------------------------------------ event-based mock skies
-MAX_SOURCE_EVENTS = 16384
-"""Default length of the source-event buffer of :func:`simulate_sky_events`."""
+SOURCE_EVENT_BLOCK = 8192
+"""Photons placed per iteration by :func:`source_events_image` (static; any number of
+photons is drawn, in as many blocks as needed)."""
 
 
 def psf_radius_quantiles(psf=None, radius_arcsec: float = 150.0, n_grid: int = 4096):
@@ -400,9 +402,19 @@ def psf_radius_quantiles(psf=None, radius_arcsec: float = 150.0, n_grid: int = 4
     return tuple(np.interp(u, eef, r).tolist())
 
 
+def source_photon_numbers(key, cat: SkyCatalogue, psf=None,
+                          psf_radius_arcsec: float = 150.0):
+    r"""Photons emitted by each source of ``cat`` inside ``psf_radius_arcsec``:
+    :math:`n_i \sim \mathrm{Poisson}(\mu_i\,\mathrm{EEF}(r_{max}))` (int32, 0 for invalid
+    slots); the first draw of :func:`source_events_image`, which passes it the first of
+    ``jax.random.split(key, 3)``."""
+    eef_max = float((psf or ns.DEFAULT_PSF).encircled_fraction(psf_radius_arcsec))
+    mean = jnp.where(cat.valid, cat.counts * eef_max, 0.0)
+    return jax.random.poisson(key, mean, dtype=jnp.int32)
+
+
 def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float, psf=None,
-                        psf_radius_arcsec: float = 150.0,
-                        max_events: int = MAX_SOURCE_EVENTS):
+                        psf_radius_arcsec: float = 150.0, block: int = SOURCE_EVENT_BLOCK):
     r"""Poisson counts image of the catalogue's sources, photon by photon.
 
     Source *i* emits :math:`n_i \sim \mathrm{Poisson}(\mu_i\,\mathrm{EEF}(r_{max}))` photons
@@ -412,39 +424,51 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
     source position; a photon is counted in the pixel whose centre is nearest (pixel
     centres at integers) and lost off the image or on zero exposure.  This is the PSF
     integrated over each pixel, exactly; the binned model of :func:`expected_sky` samples it
-    at pixel centres and adds the bilinear splat.  The photons fill a buffer of
-    ``max_events`` (static) in source order; returns (image, photons drawn, photons on
-    exposed pixels).  More photons than ``max_events`` leave the excess undrawn: callers
-    must check the number (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`
-    reruns such a chunk with a longer buffer; the draws are the same, since each photon's
-    uniforms depend only on its place in the buffer)."""
+    at pixel centres and adds the bilinear splat.
+
+    The photons, in source order, are placed ``block`` (static) at a time in a
+    ``lax.while_loop`` that runs until all are drawn, so the shapes are fixed, nothing is
+    truncated and the number of photons never triggers a recompilation (under ``vmap`` the
+    loop runs to the largest count of the batch; block *j* draws its uniforms from
+    ``fold_in(key, j)``, so the image depends on ``block``).  Returns (image, photons drawn,
+    photons on exposed pixels)."""
+    from jax import lax
+
     good = jnp.asarray(good)
     h, w = good.shape
+    n_pix = h * w
+    good_flat = good.ravel()
     quantiles = psf_radius_quantiles(psf, psf_radius_arcsec)
-    eef_max = float((psf or ns.DEFAULT_PSF).encircled_fraction(psf_radius_arcsec))
-    k_n, k_r, k_a = jax.random.split(key, 3)
-    mean = jnp.where(cat.valid, cat.counts * eef_max, 0.0)
-    n_photons = jax.random.poisson(k_n, mean, dtype=jnp.int32)
-    cum = jnp.cumsum(n_photons)
-    n_total = cum[-1]
-    slot = jnp.arange(max_events, dtype=jnp.int32)
-    src = jnp.minimum(jnp.searchsorted(cum, slot, side="right"), cum.size - 1)
-    used = slot < n_total
-    # radius by linear interpolation of the inverse truncated EEF on its regular u grid
     n_grid = len(quantiles) - 1
     table = jnp.asarray(quantiles, jnp.float64)
-    pos = jax.random.uniform(k_r, (max_events,), dtype=jnp.float64) * n_grid
-    i = jnp.minimum(jnp.floor(pos).astype(jnp.int32), n_grid - 1)
-    radius = (table[i] + (pos - i) * (table[i + 1] - table[i])) / pixel_scale_arcsec
-    angle = jax.random.uniform(k_a, (max_events,), dtype=jnp.float64, maxval=2.0 * math.pi)
-    px = jnp.floor(cat.x[src] + radius * jnp.cos(angle) + 0.5).astype(jnp.int32)
-    py = jnp.floor(cat.y[src] + radius * jnp.sin(angle) + 0.5).astype(jnp.int32)
-    inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-    flat = jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1)
-    keep = used & inside & good.ravel()[flat]
-    image = jnp.zeros(h * w, jnp.float64).at[jnp.where(keep, flat, h * w)].add(
-        1.0, mode="drop")
-    return image.reshape(h, w), n_total, jnp.sum(keep, dtype=jnp.int32)
+    k_n, k_r, k_a = jax.random.split(key, 3)
+    n_photons = source_photon_numbers(k_n, cat, psf, psf_radius_arcsec)
+    cum = jnp.cumsum(n_photons)
+    n_total = cum[-1]
+    lane = jnp.arange(block, dtype=jnp.int32)
+
+    def place(state):
+        j, image, n_kept = state
+        slot = j * block + lane
+        src = jnp.minimum(jnp.searchsorted(cum, slot, side="right"), cum.size - 1)
+        # radius by linear interpolation of the inverse truncated EEF on its regular u grid
+        pos = jax.random.uniform(jax.random.fold_in(k_r, j), (block,), jnp.float64) * n_grid
+        i = jnp.minimum(jnp.floor(pos).astype(jnp.int32), n_grid - 1)
+        radius = (table[i] + (pos - i) * (table[i + 1] - table[i])) / pixel_scale_arcsec
+        angle = jax.random.uniform(jax.random.fold_in(k_a, j), (block,), jnp.float64,
+                                   maxval=2.0 * math.pi)
+        px = jnp.floor(cat.x[src] + radius * jnp.cos(angle) + 0.5).astype(jnp.int32)
+        py = jnp.floor(cat.y[src] + radius * jnp.sin(angle) + 0.5).astype(jnp.int32)
+        inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        flat = jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1)
+        keep = (slot < n_total) & inside & good_flat[flat]
+        image = image.at[jnp.where(keep, flat, n_pix)].add(1.0, mode="drop")
+        return j + 1, image, n_kept + jnp.sum(keep, dtype=jnp.int32)
+
+    init = (jnp.asarray(0, jnp.int32), jnp.zeros(n_pix, jnp.float64),
+            jnp.asarray(0, jnp.int32))
+    _, image, n_kept = lax.while_loop(lambda st: st[0] * block < n_total, place, init)
+    return image.reshape(h, w), n_total, n_kept
 
 
 def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
@@ -452,7 +476,7 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
                         max_sources: int = 256, match_total_counts=None,
                         psf_radius_arcsec: float = 150.0, filler=None,
                         poisson_split_mean: float | None = None,
-                        max_events: int = MAX_SOURCE_EVENTS, max_bright: int = 4096):
+                        event_block: int = SOURCE_EVENT_BLOCK, max_bright: int = 4096):
     r"""One mock sky with the sources drawn photon by photon: ``(counts image,
     SkyCatalogue)``; the engine of
     :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`.
@@ -469,7 +493,7 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
       expected total is the target given the sources, as in the paper (sec. 3.1).
 
     The background part is drawn by :func:`poisson_image`.  ``SkyCatalogue.n_source_events``
-    holds the photons drawn (must be <= ``max_events``) and ``n_bright_pixels`` the
+    holds the photons drawn (``event_block`` at a time) and ``n_bright_pixels`` the
     background pixels above the split (must be <= ``max_bright``)."""
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
     background = jnp.asarray(background, dtype=jnp.float64)
@@ -477,7 +501,7 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
     k_cat, k_src, k_bkg = jax.random.split(key, 3)
     cat = draw_catalogue(k_cat, exposure, pixel_scale_arcsec, band, lognlogs, max_sources)
     src, n_events, n_src_good = source_events_image(k_src, cat, good, pixel_scale_arcsec, psf,
-                                                    psf_radius_arcsec, max_events)
+                                                    psf_radius_arcsec, event_block)
     bkg = jnp.where(good, background, 0.0)
     if match_total_counts is not None:
         bkg = rescaled_background(bkg, good, jnp.asarray(match_total_counts, jnp.float64)
