@@ -82,6 +82,7 @@ __all__ = [
     "rayleigh_fit",
     "measured_fluxes",
     "spurious_prediction",
+    "york_slope",
     "measured_flux_coverage",
     "recovered_lognlogs",
     "run_survey_simulation",
@@ -324,18 +325,26 @@ def measured_fluxes(results, band: str):
 def spurious_prediction(results, intervals, band: str, det_ml_edges=None):
     r"""Calibrate the reliability on the first half of the simulations and predict the
     spurious detections of the second half, in independent DET_ML bins ``[t_k, t_k+1)`` (the
-    last bin open): predicted :math:`(1 - r_\mathrm{cal,k})\,N_\mathrm{test,k}` with the
-    differential matched fraction :math:`r_\mathrm{cal,k}` of the first half, measured = the
-    unmatched test detections.  Returns rows (exp_min_ks, exp_max_ks, t_k, predicted,
-    measured) with predicted >= 1 and the log-log slope of measured versus predicted
-    (weighted least squares, weights = measured counts, i.e. var(ln N) = 1/N) with its
-    1-sigma error."""
+    last bin open): predicted :math:`P_k = (1 - r_{\mathrm{cal},k})\,N_{\mathrm{test},k}` with
+    the differential matched fraction :math:`r_{\mathrm{cal},k}` of the first half, measured
+    :math:`M_k` = the unmatched test detections.  Returns rows (exp_min_ks, exp_max_ks, t_k,
+    predicted, measured) with predicted >= 1 and the log-log slope of measured versus
+    predicted with its 1-sigma error.
+
+    Both axes are noisy: given :math:`N_{\mathrm{test},k}`, :math:`\ln M_k` has the binomial
+    variance :math:`1/M_k - 1/N_{\mathrm{test},k}` and :math:`\ln P_k` the variance
+    :math:`1/U_k - 1/N_{\mathrm{cal},k}` of the calibration half (:math:`U_k` its unmatched
+    detections).  The slope is the maximum-likelihood line with errors on both axes
+    (:func:`york_slope`); ignoring the prediction's noise, as a fit weighted by
+    :math:`M_k` alone does, attenuates the slope below 1 (regression dilution) and
+    understates its error (by ~25 % on synthetic calibrations, where its 1-sigma interval
+    covered 51 % of them; tests/test_survey_simulation.py)."""
     edges = np.arange(5.0, 31.0, 1.0) if det_ml_edges is None else np.asarray(det_ml_edges)
     upper = np.append(edges[1:], np.inf)
     n = results.det_ml.shape[0]
     half = n // 2
     expo_ks = np.asarray(results.det_exposure, float) / 1e3
-    rows = []
+    rows, var_x, var_y = [], [], []
     for lo, hi in intervals:
         sel = sc._in_interval(expo_ks, (lo, hi)) & np.asarray(results.det_valid, bool)
         d = np.asarray(results.det_ml, float)
@@ -347,25 +356,56 @@ def spurious_prediction(results, intervals, band: str, det_ml_edges=None):
             n_cal = np.count_nonzero(in_bin & cal)
             if n_cal == 0:
                 continue
-            r_cal = np.count_nonzero(in_bin & cal & m) / n_cal
+            u_cal = n_cal - np.count_nonzero(in_bin & cal & m)
             test = in_bin & ~cal
-            pred = (1.0 - r_cal) * np.count_nonzero(test)
+            n_test = np.count_nonzero(test)
+            pred = u_cal / n_cal * n_test
             meas = np.count_nonzero(test & ~m)
             if pred >= 1.0:
                 rows.append((lo, hi, float(t0), float(pred), int(meas)))
-    if len(rows) < 2:
-        return rows, math.nan, math.nan
+                var_x.append(1.0 / u_cal - 1.0 / n_cal)
+                var_y.append(1.0 / meas - 1.0 / n_test if meas > 0 else math.inf)
     pred = np.array([r[3] for r in rows])
     meas = np.array([r[4] for r in rows], float)
     use = meas > 0
     if use.sum() < 2:
         return rows, math.nan, math.nan
-    x, y, wts = np.log(pred[use]), np.log(meas[use]), meas[use]
-    xm = np.sum(wts * x) / np.sum(wts)
-    ym = np.sum(wts * y) / np.sum(wts)
-    sxx = np.sum(wts * (x - xm) ** 2)
-    slope = float(np.sum(wts * (x - xm) * (y - ym)) / sxx)
-    return rows, slope, float(1.0 / math.sqrt(sxx))
+    x, y = np.log(pred[use]), np.log(meas[use])
+    # a bin whose fractions are 1 has zero binomial variance; floor at one count's worth
+    vx = np.maximum(np.asarray(var_x)[use], 1e-3)
+    vy = np.maximum(np.asarray(var_y)[use], 1e-3)
+    slope, slope_err = york_slope(x, y, vx, vy)
+    return rows, slope, slope_err
+
+
+def york_slope(x, y, var_x, var_y, max_iter: int = 100):
+    r"""Slope and its 1-sigma error of the straight line through points with independent
+    Gaussian errors on both axes (York et al. 2004, Am. J. Phys. 72, 367, eqs. 13a-13b with
+    no correlation): iterate :math:`W_i = 1/(\sigma_{y,i}^2 + b^2\sigma_{x,i}^2)`,
+    :math:`\beta_i = W_i(U_i\sigma_{y,i}^2 + b V_i\sigma_{x,i}^2)`,
+    :math:`b = \sum W_i\beta_i V_i / \sum W_i\beta_i U_i` (U, V: deviations from the
+    W-weighted means); :math:`\sigma_b^2 = 1/\sum W_i u_i^2` with u the deviations of the
+    adjusted abscissae :math:`\bar X + \beta_i`.  The maximum-likelihood line, free of the
+    attenuation an ordinary fit suffers from noise in x."""
+    x, y = np.asarray(x, float), np.asarray(y, float)
+    vx, vy = np.asarray(var_x, float), np.asarray(var_y, float)
+    b = 1.0
+    for _ in range(max_iter):
+        w = 1.0 / (vy + b * b * vx)
+        xbar, ybar = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
+        u, v = x - xbar, y - ybar
+        beta = w * (u * vy + b * v * vx)
+        b_new = float(np.sum(w * beta * v) / np.sum(w * beta * u))
+        converged = abs(b_new - b) < 1e-12 * max(1.0, abs(b))
+        b = b_new
+        if converged:
+            break
+    w = 1.0 / (vy + b * b * vx)
+    xbar, ybar = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
+    beta = w * ((x - xbar) * vy + b * (y - ybar) * vx)
+    adj = xbar + beta
+    adj_u = adj - np.sum(w * adj) / np.sum(w)
+    return b, float(1.0 / math.sqrt(np.sum(w * adj_u**2)))
 
 
 def measured_flux_coverage(results, band, thresholds, total_area_deg2, flux_edges, *,
