@@ -1,17 +1,18 @@
 """NuSTAR deep-survey detection calibration (issue 4): simulations per second.
 
-One simulation = generate a mock sky (logN-logS fluxes, uniform positions, PSF convolution,
-Poisson counts) + detect (20" top-hat sums, log10 P map, local minima <= 10^-2.5, 20" minimum
-separation, pruning of PSF-wing ripples, 90" NNLS deblending, DET_ML) + match to the inputs
-within 30", on the NEP-like field of ``survey_simulation.default_config_path()``
+One simulation = generate a mock sky (logN-logS fluxes, uniform positions, source photons
+placed with the PSF, Poisson background) + detect (20" top-hat sums, log10 P map, local
+minima <= 10^-2.5, 20" minimum separation, pruning of PSF-wing ripples, 90" NNLS deblending,
+DET_ML) + match to the inputs within 30", on the NEP-like field of ``survey_simulation.default_config_path()``
 (635 x 635 pixels of 2.46").
 
 Implementations (each timed in its own subprocess, so that its max RSS is its own):
 
 * ``jax``: :func:`bkgjax.pipelines.survey_vectorised.simulate_and_detect`, timed after a
   warm-up call that compiles (results come back as NumPy arrays, i.e. synchronised).
-* ``numpy``: a per-map NumPy/SciPy loop written here (:func:`numpy_one_sim`): numpy RNG,
-  ``scipy.signal.fftconvolve``, ``scipy.special.gammainc``, ``scipy.ndimage.minimum_filter``,
+* ``numpy``: a per-map NumPy/SciPy loop written here (:class:`NumpyDetector`): numpy RNG,
+  source photons one by one as the JAX engine (``--numpy-generator binned``: the PSF-FFT
+  recipe instead), ``scipy.signal.fftconvolve`` (top-hat), ``scipy.special.gammainc``, ``scipy.ndimage.minimum_filter``,
   vectorised PSF overlap matrix, ``scipy.optimize.nnls``, ``scipy.spatial.cKDTree``.
 * ``sep``: the same loop with ``sep.extract`` (SExtractor's algorithm, as in the paper, run on
   -log10 P) instead of the minimum filter for the candidate list.
@@ -80,12 +81,13 @@ class NumpyDetector:
     once before the simulation loop)."""
 
     def __init__(self, expo, bkg, fcxb, scale, band="3-24", max_candidates=128,
-                 match_total_counts=None, psf_radius_arcsec=150.0):
+                 match_total_counts=None, psf_radius_arcsec=150.0, generator="events"):
         from bkgjax.instruments import nustar_survey as ns
         from bkgjax.pipelines import survey_detection as sd
         from bkgjax.simulate import survey_sky as ss
 
         self.ns, self.ss = ns, ss
+        self.generator = generator
         self.expo, self.scale, self.band = expo, scale, ns.band_info(band).name
         self.good = expo > 0
         self.bkg = np.where(self.good, bkg, 0.0)
@@ -102,6 +104,9 @@ class NumpyDetector:
         self.lognlogs = ss.TREISTER09_APPROX
         self.tophat = sd.tophat_kernel(self.radius)
         self.psf_kernel = ss.psf_kernel(scale, self.psf, psf_radius_arcsec)
+        self.radius_q = np.asarray(ss.psf_radius_quantiles(self.psf, psf_radius_arcsec))
+        self.radius_u = np.linspace(0.0, 1.0, self.radius_q.size)
+        self.eef_max = float(self.psf.encircled_fraction(psf_radius_arcsec))
         self.cf = ns.band_info(band).cf
         self.band_ratio = ss.band_flux_ratio(band, self.lognlogs.band)
         self.good_idx = np.flatnonzero(self.good.ravel())
@@ -118,16 +123,55 @@ class NumpyDetector:
         return signal.fftconvolve(np.where(self.good, img, 0.0), self.tophat, mode="same")
 
     # ---------------------------------------------------------------- generate
-    def generate(self, rng):
+    def _catalogue(self, rng):
         mu = self.n_above_min * self.area
         n = rng.poisson(mu)
         u = 1.0 - rng.random(n)
-        flux = np.asarray(self.lognlogs.flux_for_n(u * self.n_above_min))
+        # LogNLogS.flux_for_n in NumPy: the JAX version, called eagerly on a new length every
+        # map, compiles its ops each time (~0.35 s per map)
+        lf, n_src = self.lognlogs, u * self.n_above_min
+        alpha = np.where(n_src <= lf.norm, lf.alpha_bright, lf.alpha_faint)
+        flux = lf.s_break * (n_src / lf.norm) ** (-1.0 / alpha)
         pix = self.good_idx[rng.integers(0, self.good_idx.size, n)]
         iy, ix = np.divmod(pix, self.expo.shape[1])
         off = rng.uniform(-0.5, 0.5, (2, n))
         x, y = ix + off[0], iy + off[1]
         counts = flux * self.band_ratio / self.cf * self.expo[iy, ix]
+        return x, y, flux, counts
+
+    def _background(self, rng, source_total, src):
+        scale = 1.0
+        if self.match_total is not None:
+            fixed = self.bkg - self.fill
+            scale = max(self.match_total - source_total - fixed.sum(), 0.0) / max(
+                self.fill.sum(), 1e-300)
+        lam = (self.bkg - self.fill) + scale * self.fill
+        return np.where(self.good, rng.poisson(lam) + src, 0).astype(float), scale
+
+    def generate(self, rng):
+        """The engine's recipe (survey_sky.simulate_sky_events): source photons one by one
+        (Poisson number per source within 150", radius from the inverse truncated EEF,
+        uniform angle, nearest pixel), the filler rescaled with the drawn photons, a Poisson
+        background image."""
+        x, y, flux, counts = self._catalogue(rng)
+        n_ph = rng.poisson(counts * self.eef_max)
+        src_of = np.repeat(np.arange(n_ph.size), n_ph)
+        radius = np.interp(rng.random(src_of.size), self.radius_u, self.radius_q) / self.scale
+        angle = rng.uniform(0.0, 2.0 * math.pi, src_of.size)
+        px = np.floor(x[src_of] + radius * np.cos(angle) + 0.5).astype(int)
+        py = np.floor(y[src_of] + radius * np.sin(angle) + 0.5).astype(int)
+        h, w = self.expo.shape
+        ok = (px >= 0) & (px < w) & (py >= 0) & (py < h)
+        flat = py[ok] * w + px[ok]
+        flat = flat[self.good.ravel()[flat]]
+        src = np.bincount(flat, minlength=h * w).reshape(h, w)
+        img, scale = self._background(rng, float(flat.size), src)
+        return img, dict(x=x, y=y, flux=flux, scale=scale)
+
+    def generate_binned(self, rng):
+        """The binned recipe (survey_sky.simulate_sky): PSF-convolved expected image by FFT,
+        one Poisson draw (``--numpy-generator binned``)."""
+        x, y, flux, counts = self._catalogue(rng)
         point = np.zeros(self.expo.shape)
         h, w = point.shape
         x0, y0 = np.floor(x).astype(int), np.floor(y).astype(int)
@@ -139,13 +183,8 @@ class NumpyDetector:
             np.add.at(point, (jy[ok], jx[ok]), (counts * ww)[ok])
         src = np.where(self.good, np.maximum(
             signal.fftconvolve(point, self.psf_kernel, mode="same"), 0.0), 0.0)
-        scale = 1.0
-        if self.match_total is not None:
-            fixed = self.bkg - self.fill
-            scale = max(self.match_total - src.sum() - fixed.sum(), 0.0) / max(self.fill.sum(),
-                                                                               1e-300)
-        lam = src + (self.bkg - self.fill) + scale * self.fill
-        img = np.where(self.good, rng.poisson(lam), 0).astype(float)
+        # Poisson(src + background) drawn as Poisson(src) + Poisson(background)
+        img, scale = self._background(rng, float(src.sum()), rng.poisson(src))
         return img, dict(x=x, y=y, flux=flux, scale=scale)
 
     # ---------------------------------------------------------------- detect
@@ -261,7 +300,7 @@ class NumpyDetector:
 
     def one_sim(self, rng, finder="filter", timings=None):
         t0 = time.perf_counter()
-        img, cat = self.generate(rng)
+        img, cat = (self.generate_binned if self.generator == "binned" else self.generate)(rng)
         t1 = time.perf_counter()
         # detection uses the given background map (as the JAX engine and the paper)
         det = self.detect(img, finder, timings)
@@ -387,7 +426,8 @@ def worker_numpy(args):
     expo, bkg, fcxb, scale = load_field(args.band, args.crop)
     rss_before = _maxrss_mib()
     t0 = time.perf_counter()
-    det = NumpyDetector(expo, bkg, fcxb, scale, args.band, 128, float(bkg.sum()))
+    det = NumpyDetector(expo, bkg, fcxb, scale, args.band, 128, float(bkg.sum()),
+                        generator=args.numpy_generator)
     setup = time.perf_counter() - t0
     rng = np.random.default_rng(args.seed)
     det.one_sim(np.random.default_rng(args.seed + 1), args.finder)  # warm caches / imports
@@ -406,6 +446,7 @@ def worker_numpy(args):
     _, peak = tracemalloc.get_traced_memory()
     tracemalloc.stop()
     out = {"impl": "numpy" if args.finder == "filter" else "sep", "finder": args.finder,
+           "generator": args.numpy_generator,
            "n_sims": args.n_numpy, "setup_s": setup, "samples_s": samples,
            "per_sim_s": float(np.median(samples)), "per_sim_min_s": float(np.min(samples)),
            "profile_per_sim_s": {k: v / args.n_numpy for k, v in timings.items()},
@@ -481,7 +522,8 @@ def _run_worker(mode, args, extra=()):
     cmd = [sys.executable, __file__, "--worker", mode, "--band", args.band, "--seed",
            str(args.seed), "--n-sims", str(args.n_sims), "--n-numpy", str(args.n_numpy),
            "--batch-size", str(args.batch_size), "--batches-per-chunk",
-           str(args.batches_per_chunk), "--repeat", str(args.repeat), *extra]
+           str(args.batches_per_chunk), "--repeat", str(args.repeat), "--numpy-generator",
+           args.numpy_generator, *extra]
     if args.crop:
         cmd += ["--crop", str(args.crop)]
     if not args.profile:
@@ -515,6 +557,9 @@ def main(argv=None):
                          "(batch --batch-size; '' for none)")
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=None, help="central NxN sub-field (testing)")
+    ap.add_argument("--numpy-generator", choices=("events", "binned"), default="events",
+                    help="NumPy loop mock skies: photon by photon as the JAX engine (default) "
+                         "or the binned PSF-FFT recipe of survey_sky.simulate_sky")
     ap.add_argument("--no-sep", action="store_true")
     ap.add_argument("--no-profile", dest="profile", action="store_false")
     ap.add_argument("--only", choices=("jax", "numpy", "sep", "agree"), action="append")
