@@ -564,3 +564,5 @@ def test_source_photons_beyond_one_block_are_all_drawn(field):
                                                         block=block)
         assert int(n_total) > 8 * 5 and float(np.asarray(image).sum()) == int(n_kept)
         assert np.all(np.asarray(image)[~good] == 0)
+    with pytest.raises(ValueError, match="block must be a positive integer"):
+        ss.source_events_image(jax.random.PRNGKey(5), cat, good, SCALE, block=0)

@@ -389,20 +389,22 @@ def york_slope(x, y, var_x, var_y, max_iter: int = 100):
     attenuation an ordinary fit suffers from noise in x."""
     x, y = np.asarray(x, float), np.asarray(y, float)
     vx, vy = np.asarray(var_x, float), np.asarray(var_y, float)
-    b = 1.0
-    for _ in range(max_iter):
+
+    def terms(b):
         w = 1.0 / (vy + b * b * vx)
         xbar, ybar = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
         u, v = x - xbar, y - ybar
-        beta = w * (u * vy + b * v * vx)
+        return w, xbar, u, v, w * (u * vy + b * v * vx)
+
+    b = 1.0
+    for _ in range(max_iter):
+        w, _, u, v, beta = terms(b)
         b_new = float(np.sum(w * beta * v) / np.sum(w * beta * u))
         converged = abs(b_new - b) < 1e-12 * max(1.0, abs(b))
         b = b_new
         if converged:
             break
-    w = 1.0 / (vy + b * b * vx)
-    xbar, ybar = np.sum(w * x) / np.sum(w), np.sum(w * y) / np.sum(w)
-    beta = w * ((x - xbar) * vy + b * (y - ybar) * vx)
+    w, xbar, _, _, beta = terms(b)
     adj = xbar + beta
     adj_u = adj - np.sum(w * adj) / np.sum(w)
     return b, float(1.0 / math.sqrt(np.sum(w * adj_u**2)))

@@ -797,6 +797,11 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                                               cfg.threshold_log10p)
     if cfg.series_terms is None:
         cfg = dataclasses.replace(cfg, series_terms=series_terms_for(b_sum, count_limit))
+    # a chunk in which some map needed the exact log P on more pixels than the list holds is
+    # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
+    # maps): exact, never an error; the longer lists compile only when first needed
+    ladder = [cfg] + [dataclasses.replace(cfg, eval_fraction=f)
+                      for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
     use_match = match_total_counts is not None
     use_filler = use_match and filler is not None
     mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
@@ -805,11 +810,6 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     n_dev = len(devices) if shard else 1
     chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
     keys = simulation_keys(key, int(math.ceil(n_sims / chunk)) * chunk)
-    # a chunk in which some map needed the exact log P on more pixels than the list holds is
-    # rerun with a 4x longer list, then with every pixel evaluated (same keys, so the same
-    # maps): exact, never an error; the longer lists compile only when first needed
-    ladder = [cfg] + [dataclasses.replace(cfg, eval_fraction=f)
-                      for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
 
     def run(k, c):
         if n_dev > 1:

@@ -79,7 +79,6 @@ __all__ = [
     "draw_catalogue",
     "rescaled_background",
     "source_events_image",
-    "source_photon_numbers",
     "psf_radius_quantiles",
     "poisson_image",
     "compact_indices",
@@ -402,17 +401,6 @@ def psf_radius_quantiles(psf=None, radius_arcsec: float = 150.0, n_grid: int = 4
     return tuple(np.interp(u, eef, r).tolist())
 
 
-def source_photon_numbers(key, cat: SkyCatalogue, psf=None,
-                          psf_radius_arcsec: float = 150.0):
-    r"""Photons emitted by each source of ``cat`` inside ``psf_radius_arcsec``:
-    :math:`n_i \sim \mathrm{Poisson}(\mu_i\,\mathrm{EEF}(r_{max}))` (int32, 0 for invalid
-    slots); the first draw of :func:`source_events_image`, which passes it the first of
-    ``jax.random.split(key, 3)``."""
-    eef_max = float((psf or ns.DEFAULT_PSF).encircled_fraction(psf_radius_arcsec))
-    mean = jnp.where(cat.valid, cat.counts * eef_max, 0.0)
-    return jax.random.poisson(key, mean, dtype=jnp.int32)
-
-
 def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float, psf=None,
                         psf_radius_arcsec: float = 150.0, block: int = SOURCE_EVENT_BLOCK):
     r"""Poisson counts image of the catalogue's sources, photon by photon.
@@ -434,6 +422,9 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
     photons on exposed pixels)."""
     from jax import lax
 
+    if not isinstance(block, (int, np.integer)) or block < 1:
+        raise ValueError(f"source_events_image: block must be a positive integer (photons "
+                         f"placed per loop iteration), got {block!r}")
     good = jnp.asarray(good)
     h, w = good.shape
     n_pix = h * w
@@ -442,7 +433,9 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
     n_grid = len(quantiles) - 1
     table = jnp.asarray(quantiles, jnp.float64)
     k_n, k_r, k_a = jax.random.split(key, 3)
-    n_photons = source_photon_numbers(k_n, cat, psf, psf_radius_arcsec)
+    eef_max = float((psf or ns.DEFAULT_PSF).encircled_fraction(psf_radius_arcsec))
+    n_photons = jax.random.poisson(k_n, jnp.where(cat.valid, cat.counts * eef_max, 0.0),
+                                   dtype=jnp.int32)
     cum = jnp.cumsum(n_photons)
     n_total = cum[-1]
     lane = jnp.arange(block, dtype=jnp.int32)
