@@ -392,22 +392,23 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky_events(
         k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
         cfg.psf_radius_arcsec, f, poisson_split_mean=split, event_block=cfg.source_event_block,
-        max_bright=max_bright)[0]))
+        max_bright=max_bright, finish_poisson_tail=cfg.finish_poisson_tail)[0]))
 
     def det(counts, deblend):
         return sv.detect_fixed(counts, bdet, e, r, 128, cfg.threshold_log10p,
                                cfg.min_separation_arcsec / scale, deblend=deblend,
                                pixel_scale_arcsec=scale, psf_profile=sv.psf_table(cfg.psf),
                                eval_fraction=cfg.eval_fraction, count_limit=limit,
-                               background_sum=b_sum, series_terms=terms).det_ml
+                               background_sum=b_sum, series_terms=terms,
+                               integer_counts=True).det_ml
 
     det_nodeb = jax.jit(jax.vmap(lambda c: det(c, False)))
     det_deb = jax.jit(jax.vmap(lambda c: det(c, True)))
-    tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_fft(c, r, e)))
+    tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_runs(c, r, e, integer=True)))
     out = {"source_event_block": cfg.source_event_block, "series_terms": int(terms),
            "poisson_split_mean": float(split), "max_bright_pixels": max_bright}
     counts = jax.block_until_ready(gen(keys))
-    for name, fn, arg in (("generate", gen, keys), ("tophat_fft_counts", tophat, counts),
+    for name, fn, arg in (("generate", gen, keys), ("tophat_counts", tophat, counts),
                           ("detect_no_deblend", det_nodeb, counts),
                           ("detect_with_deblend", det_deb, counts)):
         jax.block_until_ready(fn(arg))

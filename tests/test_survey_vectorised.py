@@ -382,7 +382,8 @@ def test_poisson_image_distribution(mean):
     n_side = 150
     lam = np.full((n_side, n_side), 0.5)
     lam.ravel()[:4000] = mean
-    counts, n_bright = ss.poisson_image(jax.random.PRNGKey(int(mean * 10)), jnp.asarray(lam))
+    counts, n_bright, n_unfinished = ss.poisson_image(jax.random.PRNGKey(int(mean * 10)),
+                                                      jnp.asarray(lam))
     x = np.asarray(counts).ravel()[:4000]
     assert int(n_bright) == (4000 if mean > ss.POISSON_SPLIT_MEAN else 0)
     lo, hi = stats.poisson.ppf([1e-4, 1 - 1e-4], mean)
@@ -509,11 +510,107 @@ def test_screened_series_path_matches_full_map():
 
 
 def test_compact_indices_equals_nonzero():
-    mask = np.random.default_rng(2).random(5000) < 0.03
-    for size in (10, 150, 6000):
-        np.testing.assert_array_equal(
-            np.asarray(ss.compact_indices(mask, size)),
-            np.asarray(jnp.nonzero(mask, size=size, fill_value=mask.size)[0]))
+    """The bit-packed compaction equals jnp.nonzero: sparse and dense masks, lengths that are
+    not multiples of 32, lists shorter (overflow: the first entries) and longer (padding)."""
+    rng = np.random.default_rng(2)
+    cases = [(5000, 0.03, (10, 150, 6000)), (1, 1.0, (1, 3)), (33, 0.5, (5, 40)),
+             (64, 1.0, (64, 70)), (100, 0.0, (10,)), (4097, 0.9, (100, 5000)),
+             (3 * 32, 0.2, (1, 96))]
+    for n, fraction, sizes in cases:
+        mask = rng.random(n) < fraction
+        mask[-1] = fraction > 0  # the last bit of a partial word
+        for size in sizes:
+            np.testing.assert_array_equal(
+                np.asarray(ss.compact_indices(mask, size)),
+                np.asarray(jnp.nonzero(mask, size=size, fill_value=mask.size)[0]))
+    image_mask = rng.random((37, 41)) < 0.1  # 2-D input: flat indices
+    np.testing.assert_array_equal(np.asarray(ss.compact_indices(image_mask, 400)),
+                                  np.asarray(jnp.nonzero(image_mask.ravel(), size=400,
+                                                         fill_value=image_mask.size)[0]))
+
+
+@pytest.mark.parametrize("radius", [0.7, 1.0, 2.5, 3.0, RADIUS])
+def test_tophat_runs_match_direct(radius):
+    """The direct run sums equal the top-hat convolution exactly on integer images (int32
+    and float64) and to round-off on real-valued ones, zero-exposure pixels excluded."""
+    rng = np.random.default_rng(int(radius * 10))
+    expo = np.where(rng.random((40, 53)) < 0.2, 0.0, 1e5)
+    img = rng.poisson(1.5, expo.shape).astype(float)
+    direct = np.asarray(sd.tophat_sum(img, radius, expo))
+    np.testing.assert_array_equal(np.asarray(sv.tophat_sum_runs(img, radius, expo,
+                                                                integer=True)), direct)
+    np.testing.assert_array_equal(np.asarray(sv.tophat_sum_runs(img, radius, expo)), direct)
+    smooth = rng.random(expo.shape)
+    np.testing.assert_allclose(np.asarray(sv.tophat_sum_runs(smooth, radius, expo)),
+                               np.asarray(sd.tophat_sum(smooth, radius, expo)), rtol=1e-13)
+    kernel = sd.tophat_kernel(radius)
+    assert sum(2 * half + 1 for _, half in sv.tophat_runs(radius)) == kernel.sum()
+
+
+def test_poisson_image_without_tail_loop_flags_unfinished_draws():
+    """finish_tail=False stops the walk after n_unroll terms: every draw below n_unroll is the
+    exact one (same key), the others hold n_unroll and are counted, so a caller can redraw;
+    the exact image does not depend on n_unroll."""
+    lam = jnp.full((64, 64), 2.0)
+    key = jax.random.PRNGKey(3)
+    exact, _, none_left = ss.poisson_image(key, lam, split_mean=2.0, max_bright=0)
+    exact4, _, _ = ss.poisson_image(key, lam, split_mean=2.0, max_bright=0, n_unroll=4)
+    fast, _, n_unfinished = ss.poisson_image(key, lam, split_mean=2.0, max_bright=0,
+                                             n_unroll=4, finish_tail=False)
+    exact, exact4, fast = (np.asarray(a) for a in (exact, exact4, fast))
+    np.testing.assert_array_equal(exact, exact4)
+    assert int(none_left) == 0
+    beyond = exact >= 4
+    assert int(n_unfinished) == int(beyond.sum()) > 100  # P(>= 4 | 2) = 0.14
+    np.testing.assert_array_equal(fast[~beyond], exact[~beyond])
+    assert np.all(fast[beyond] == 4)
+
+
+def test_simulate_and_detect_redraws_unfinished_poisson_walks(field):
+    """A chunk in which a background draw went beyond the unrolled walk is rerun with the
+    walk's loop: same results as a walk long enough for every draw, and a warning."""
+    expo, bkg = field
+    kw = dict(max_sources=64, max_candidates=32, progress=False, batch_size=2,
+              batches_per_chunk=1)
+    ref = sv.simulate_and_detect(11, 4, expo, bkg, SCALE, **kw)
+    assert np.all(ref.n_unfinished_pixels == 0)
+    with pytest.warns(RuntimeWarning, match="unrolled Poisson walk"):
+        # 0.02 counts per pixel: P(draw >= 1) = 2 %, so every map has unfinished pixels
+        short = sv.simulate_and_detect(11, 4, expo, bkg, SCALE, poisson_unroll=1, **kw)
+    assert np.all(short.n_unfinished_pixels == 0)
+    for a, b in zip(ref, short):
+        np.testing.assert_array_equal(a, b)
+
+
+def test_suppression_and_pruning_match_sequential_references():
+    """_suppress and prune_fixed equal the sequential greedy passes of the NumPy detection:
+    the minimum-separation rule of survey_detection.find_candidates, written out here, and
+    survey_detection.prune_candidates, on candidates with long dependency chains (each
+    decision depends on the previous ones)."""
+    rng = np.random.default_rng(12)
+    n = 96
+    x = np.cumsum(rng.uniform(0.0, 3.0, n))  # a chain: each close to the previous ones
+    y = rng.uniform(0.0, 4.0, n)
+    valid = rng.random(n) < 0.9
+    keep_ref = np.zeros(n, bool)
+    for i in range(n):
+        close = (x[:i] - x[i]) ** 2 + (y[:i] - y[i]) ** 2 < 5.0**2
+        keep_ref[i] = valid[i] and not np.any(close & keep_ref[:i])
+    keep = np.asarray(sv._suppress(jnp.asarray(y), jnp.asarray(x), jnp.asarray(valid), 5.0))
+    np.testing.assert_array_equal(keep, keep_ref)
+    assert 10 < keep.sum() < valid.sum()
+    # pruning: totals falling with depth, strong overlaps between neighbours
+    total = np.round(np.linspace(400.0, 40.0, n) + rng.uniform(0, 5, n))
+    bkg = rng.uniform(15.0, 25.0, n)
+    d = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
+    overlap = np.where(d == 0, 0.32, 0.5 * np.exp(-d / 2.0))
+    keep_np, s_np = sd.prune_candidates(total, bkg, overlap)
+    keep_j, s_j = sv.prune_fixed(jnp.asarray(total), jnp.asarray(bkg), jnp.asarray(overlap),
+                                 jnp.ones(n, bool), ns.DETECTION_LOG10P)
+    np.testing.assert_array_equal(np.asarray(keep_j), keep_np)
+    np.testing.assert_allclose(np.asarray(s_j), s_np, rtol=1e-12, atol=1e-12)
+    # kept and pruned candidates alternate along the chain (each decision needs the last)
+    assert 5 < keep_np.sum() < n - 5 and np.sum(keep_np[1:] != keep_np[:-1]) > 10
 
 
 def test_source_events_follow_psf_and_poisson():

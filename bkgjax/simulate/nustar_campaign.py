@@ -685,12 +685,9 @@ _INVERSE_CDF_MAX_MEAN = 500.0
 _MAX_UNROLL = 96
 
 
-def _walk(u, lam, n_unroll, j_max):
-    """k = #{j >= 0 : CDF(j; lam) < u}, i.e. the Poisson quantile of u (inverse CDF).
-
-    The first ``n_unroll`` terms are unrolled into one fused elementwise kernel (p_j = p_{j-1}
-    lam / j, c_j = c_{j-1} + p_j); the rare draws beyond continue in a while loop (up to j_max).
-    """
+def _walk_unrolled(u, lam, n_unroll):
+    """The first ``n_unroll`` steps of :func:`_walk`, one fused elementwise kernel: returns
+    (k, p, c) after term ``n_unroll - 1``; k is the exact draw wherever u <= c."""
     p = jnp.exp(-lam)
     c = p
     k = (u > c).astype(jnp.int32)
@@ -698,6 +695,17 @@ def _walk(u, lam, n_unroll, j_max):
         p = p * lam / float(j)
         c = c + p
         k = k + (u > c).astype(jnp.int32)
+    return k, p, c
+
+
+def _walk(u, lam, n_unroll, j_max):
+    """k = #{j >= 0 : CDF(j; lam) < u}, i.e. the Poisson quantile of u (inverse CDF).
+
+    The first ``n_unroll`` terms are unrolled into one fused elementwise kernel (p_j = p_{j-1}
+    lam / j, c_j = c_{j-1} + p_j, :func:`_walk_unrolled`); the rare draws beyond continue in a
+    while loop (up to j_max).
+    """
+    k, p, c = _walk_unrolled(u, lam, n_unroll)
 
     def cond(state):
         j, _, c, _ = state

@@ -1,0 +1,135 @@
+"""Which of the survey engine's speed changes matter (issue 4): the jitted chunk runner of
+:mod:`bkgjax.pipelines.survey_vectorised` on the NEP-like 3-24 keV field with each change
+undone in turn, timed in one process (same keys, after a compiling warm-up call).
+
+Variants:
+
+* ``current``: the engine as it is;
+* ``no_materialise``: ``survey_vectorised._materialised`` replaced by the identity (XLA then
+  fuses the Poisson walk and the 20" stencil into their consumers and recomputes them);
+* ``fft_tophat``: the counts' 20" sums by the float64 FFT rounded to 1e-9 (the previous
+  engine) instead of the int32 run sums;
+* ``walk_loop``: the background Poisson walk with its while loop in every simulation
+  (``SimConfig.finish_poisson_tail=True``) instead of the loop-free walk;
+* ``old_compaction``: the prefix-sum + scatter compaction instead of the bit-packed one;
+* ``all_old``: all four undone.
+
+All variants must give the same detections (checked; ``fft_tophat`` differs by ~1e-13 in the
+counts sums, since XLA's ``round(x, 9)`` leaves 1-ulp non-integers, so its DET_ML agree to
+1e-11 and its count of screened pixels differs).  Writes ``results/survey_ablation.json``.
+
+    python benchmarks/ablate_survey_engine.py            # 32 sims x 2 rounds per variant
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a checkout
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+import numpy as np  # noqa: E402
+
+from common import machine_info, write_json  # noqa: E402
+
+VARIANTS = ("current", "no_materialise", "fft_tophat", "walk_loop", "old_compaction",
+            "all_old")
+
+
+def _scan_scatter_compaction(mask, size):
+    """The previous ``survey_sky.compact_indices``: prefix sum + scatter over every pixel."""
+    import jax.numpy as jnp
+    from jax import lax
+
+    flat = jnp.asarray(mask).ravel()
+    n = flat.size
+    rank = lax.associative_scan(jnp.add, flat.astype(jnp.int32)) - 1
+    target = jnp.where(flat, rank, size)
+    return jnp.full(size, n, jnp.int32).at[target].set(jnp.arange(n, dtype=jnp.int32),
+                                                       mode="drop", unique_indices=True)
+
+
+def main(argv=None):
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--n-sims", type=int, default=32)
+    ap.add_argument("--rounds", type=int, default=2)
+    ap.add_argument("--batch-size", type=int, default=2)
+    args = ap.parse_args(argv)
+
+    import jax
+    import jax.numpy as jnp
+
+    import bkgjax  # noqa: F401  (float64)
+    from bench_survey import load_field
+    from bkgjax.pipelines import survey_vectorised as sv
+    from bkgjax.simulate import survey_sky as ss
+
+    expo, bkg, fcxb, scale = load_field("3-24")
+    e, b, f = (jnp.asarray(a) for a in (expo, bkg, fcxb))
+    b_sum, limit = sv.detection_background(e, b, 20.0 / scale)
+    terms = sv.series_terms_for(b_sum, limit)
+    split = sv.poisson_split_for(b, float(bkg.sum()))
+    mt = jnp.asarray(float(bkg.sum()))
+    chunk = 2 * args.batch_size
+    keys = sv.simulation_keys(jax.random.PRNGKey(0), args.n_sims)
+    original = (sv._materialised, sv.tophat_sum_runs, ss.compact_indices)
+
+    def fft_sums(image, radius_pix, exposure=None, integer=False):
+        return jnp.round(sv.tophat_sum_fft(image, radius_pix, exposure), 9)
+
+    times = {v: [] for v in VARIANTS}
+    results = {}
+    for _ in range(args.rounds):
+        for i, name in enumerate(VARIANTS):
+            old = name == "all_old"
+            sv._materialised = (lambda x: x) if old or name == "no_materialise" else original[0]
+            sv.tophat_sum_runs = fft_sums if old or name == "fft_tophat" else original[1]
+            ss.compact_indices = (_scan_scatter_compaction if old or name == "old_compaction"
+                                  else original[2])
+            # a distinct (negligibly different) eval_fraction per variant: a new static
+            # config, so run_chunk compiles each variant instead of reusing the cache
+            cfg = sv.SimConfig(pixel_scale_arcsec=scale, max_sources=512, max_candidates=128,
+                               batch_size=args.batch_size, series_terms=terms,
+                               poisson_split_mean=split, max_bright_pixels=0,
+                               eval_fraction=0.08 + 1e-6 * i,
+                               finish_poisson_tail=old or name == "walk_loop")
+
+            def run(k, cfg=cfg):
+                return sv.run_chunk(k, e, b, mt, f, b_sum, limit, cfg=cfg, use_match=True,
+                                    use_filler=True)
+
+            jax.block_until_ready(run(keys[:chunk]))
+            t0 = time.perf_counter()
+            out = [jax.tree_util.tree_map(np.asarray, run(keys[j:j + chunk]))
+                   for j in range(0, args.n_sims, chunk)]
+            times[name].append((time.perf_counter() - t0) / args.n_sims)
+            results[name] = out
+            print(f"{name:16s} {times[name][-1] * 1e3:7.1f} ms per simulation", flush=True)
+    sv._materialised, sv.tophat_sum_runs, ss.compact_indices = original
+    agree = {}
+    for name in VARIANTS:
+        same = all(np.array_equal(a.det_valid, c.det_valid) and np.array_equal(a.det_x, c.det_x)
+                   and np.array_equal(a.det_y, c.det_y)
+                   for a, c in zip(results["current"], results[name]))
+        dml = max(float(np.max(np.abs(a.det_ml - c.det_ml) / np.maximum(np.abs(a.det_ml), 1)))
+                  for a, c in zip(results["current"], results[name]))
+        agree[name] = {"same_detections": bool(same), "det_ml_rel_diff_max": dml}
+        if not same or dml > 1e-10:
+            raise SystemExit(f"variant {name} changed the detections ({agree[name]})")
+    median = {k: float(np.median(v)) for k, v in times.items()}
+    payload = {"benchmark": "survey engine ablation (issue 4)",
+               "command": "python benchmarks/ablate_survey_engine.py " + " ".join(argv or
+                                                                                  sys.argv[1:]),
+               "machine": machine_info(), "n_sims": args.n_sims, "rounds": args.rounds,
+               "batch_size": args.batch_size, "per_sim_s": times, "per_sim_median_s": median,
+               "slowdown_vs_current": {k: v / median["current"] for k, v in median.items()},
+               "agreement": agree}
+    print({k: round(v, 2) for k, v in payload["slowdown_vs_current"].items()})
+    print("wrote", write_json("survey_ablation", payload))
+
+
+if __name__ == "__main__":
+    main()
