@@ -726,7 +726,9 @@ run_chunk = jax.jit(_run_chunk, static_argnames=("cfg", "use_match", "use_filler
 """Jitted chunk runner: ``run_chunk(keys, exposure, background, match_total, filler,
 background_sum, count_limit, cfg=, use_match=, use_filler=)`` (keys: a multiple of
 ``cfg.batch_size``; the two detection arrays from :func:`detection_background`); check
-``run_chunk._cache_size()``."""
+``run_chunk._cache_size()``.  Direct callers must check what :func:`simulate_and_detect`
+checks: ``n_logp_needed`` against the list length, ``n_unfinished_pixels == 0`` (else rerun
+with ``finish_poisson_tail=True``), ``n_bright_pixels`` and ``minima_overflow``."""
 
 _SHARDED_RUNNERS = {}
 
