@@ -685,6 +685,17 @@ _INVERSE_CDF_MAX_MEAN = 500.0
 _MAX_UNROLL = 96
 
 
+def _walk_lengths(lam_max: float):
+    """(n_unroll, j_max) of :func:`_walk` for means up to ``lam_max``: the unrolled bulk,
+    ``lam_max + 4 sqrt(lam_max) + 6`` terms rounded up to a multiple of 16 (16 for
+    lam_max = 2: P(draw >= 16) = 5e-10), and the loop's bound, ``lam_max + 15 sqrt(lam_max)
+    + 40`` rounded up to a multiple of 64 (so that similar inputs share one compiled
+    kernel)."""
+    sd = math.sqrt(lam_max)
+    return (int(16 * math.ceil((lam_max + 4.0 * sd + 6.0) / 16)),
+            int(64 * math.ceil((lam_max + 15.0 * sd + 40.0) / 64)))
+
+
 def _walk_unrolled(u, lam, n_unroll):
     """The first ``n_unroll`` steps of :func:`_walk`, one fused elementwise kernel: returns
     (k, p, c) after term ``n_unroll - 1``; k is the exact draw wherever u <= c."""
@@ -757,11 +768,8 @@ def poisson_inverse_cdf(key, lam, n: int | None = None):
     if lam_max > _INVERSE_CDF_MAX_MEAN:
         draw = jax.jit(lambda k, m: jax.random.poisson(k, m, dtype=jnp.int32))
     else:
-        sd = math.sqrt(lam_max)
-        # rounded up to multiples of 16 / 64 so that similar inputs share one compiled kernel
-        n_unroll = int(min(_MAX_UNROLL, 16 * math.ceil((lam_max + 4.0 * sd + 6.0) / 16)))
-        j_max = int(64 * math.ceil((lam_max + 15.0 * sd + 40.0) / 64))
-        draw = partial(_poisson_inverse_one, n_unroll=n_unroll, j_max=j_max)
+        n_unroll, j_max = _walk_lengths(lam_max)
+        draw = partial(_poisson_inverse_one, n_unroll=min(_MAX_UNROLL, n_unroll), j_max=j_max)
     if n is None:
         return draw(key, lam)
     return jnp.stack([draw(k, lam) for k in jax.random.split(key, n)])

@@ -364,14 +364,6 @@ POISSON_SPLIT_MEAN = 8.0
 """Pixel means are split at this value for :func:`poisson_image`."""
 
 
-def poisson_unroll_for(split_mean: float) -> int:
-    r"""Unrolled CDF-walk steps of :func:`poisson_image` for means up to ``split_mean`` L:
-    the bulk of the distribution, :math:`L + 4\sqrt{L} + 6`, rounded up to a multiple of 16
-    (16 for L = 2: P(draw >= 16) = 5e-10 per pixel)."""
-    sd = math.sqrt(split_mean)
-    return int(16 * math.ceil((split_mean + 4.0 * sd + 6.0) / 16))
-
-
 def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: int = 16384,
                   finish_tail: bool = True, n_unroll: int | None = None):
     r"""Exact Poisson realisation of an image of means, fast on CPU.
@@ -380,7 +372,8 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     \mathrm{Poisson}(\max(\lambda - L, 0))` (independent Poisson variables add): the first
     term for every pixel by inversion of the CDF with one uniform
     (:func:`bkgjax.simulate.nustar_campaign.poisson_inverse_cdf`'s walk, a fused elementwise
-    kernel of ``n_unroll`` steps, default :func:`poisson_unroll_for`), the second only for the
+    kernel of ``n_unroll`` steps, default the walk's bulk for means up to L: 16 for L = 2,
+    where P(draw >= 16) = 5e-10), the second only for the
     few pixels brighter than :math:`L` (source cores), gathered into a list of ``max_bright``
     entries and drawn with ``jax.random.poisson``.
 
@@ -395,16 +388,15 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     (``max_bright=0``: no list, for callers that know that no mean exceeds L), so callers
     must check that number (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`
     does)."""
-    from .nustar_campaign import _walk, _walk_unrolled
+    from .nustar_campaign import _walk, _walk_lengths, _walk_unrolled
 
     lam = jnp.asarray(lam, jnp.float64)
     k_u, k_b = jax.random.split(key)
     small = jnp.minimum(lam, split_mean)
     u = jax.random.uniform(k_u, lam.shape, dtype=jnp.float64)
-    n_unroll = poisson_unroll_for(split_mean) if n_unroll is None else int(n_unroll)
+    bulk, j_max = _walk_lengths(split_mean)
+    n_unroll = bulk if n_unroll is None else int(n_unroll)
     if finish_tail:
-        sd = math.sqrt(split_mean)
-        j_max = int(64 * math.ceil((split_mean + 15.0 * sd + 40.0) / 64))
         counts = _walk(u, small, n_unroll, max(j_max, n_unroll)).astype(jnp.float64)
         n_unfinished = jnp.asarray(0, jnp.int32)
     else:
