@@ -24,6 +24,10 @@ profile of both implementations, machine info.  Writes ``results/survey.json``.
     python benchmarks/bench_survey.py                 # 64 JAX sims, 6 NumPy, 6 sep
     python benchmarks/bench_survey.py --n-sims 128 --n-numpy 8 --batch-size 2
 
+``--processes-variants 2`` (default) also times ``simulate_and_detect(processes=2)`` (one
+worker process per core; cost per simulation from a run of n and one of 8n, so that the
+workers' start-up and compilation cancel; both wall times are reported).
+
 The JAX time per simulation includes the once-per-map setup of
 :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` (background sums and the
 count screen, ``setup_s``, also reported alone); a calibration runs 1200 simulations per call.
@@ -335,6 +339,8 @@ def worker_jax(args):
         kw["eval_fraction"] = args.eval_fraction
     chunk = args.batch_size * args.batches_per_chunk * len(jax.devices())
     n = int(math.ceil(args.n_sims / chunk)) * chunk
+    if args.processes > 1:
+        return worker_jax_processes(args, sv, expo, bkg, scale, kw, n, rss_before)
     t0 = time.perf_counter()
     sv.simulate_and_detect(args.seed + 1, chunk, expo, bkg, scale, **kw)  # compiles
     first = time.perf_counter() - t0
@@ -363,6 +369,31 @@ def worker_jax(args):
            "max_rss_mib": _maxrss_mib(), "max_rss_before_mib": rss_before}
     if args.profile:
         out["profile"] = profile_jax(expo, bkg, fcxb, scale, args, kw)
+    print("RESULT " + json.dumps(out), flush=True)
+
+
+def worker_jax_processes(args, sv, expo, bkg, scale, kw, n, rss_before):
+    """``simulate_and_detect(processes=P)``: each call starts P worker processes that import
+    bkgjax and compile (tens of seconds, varying by a few seconds), so the cost per
+    simulation is taken from the difference of a run of n and one of 8n simulations (the
+    start-up cancels; 7n simulations keep its noise small); the wall time of each run,
+    start-up included, is reported too."""
+    kw = dict(kw, processes=args.processes)
+    walls = {}
+    res = None
+    for m in (n, 8 * n):
+        t0 = time.perf_counter()
+        res = sv.simulate_and_detect(args.seed, m, expo, bkg, scale, **kw)
+        walls[m] = time.perf_counter() - t0
+    per_sim = (walls[8 * n] - walls[n]) / (7 * n)
+    out = {"impl": "jax", "processes": args.processes, "n_sims": [n, 8 * n],
+           "batch_size": args.batch_size, "batches_per_chunk": args.batches_per_chunk,
+           "eval_fraction": args.eval_fraction, "wall_s": [walls[n], walls[8 * n]],
+           "startup_s": walls[n] - n * per_sim, "per_sim_s": per_sim,
+           "n_det_per_sim": float(np.mean(np.sum(res.det_valid, axis=1))),
+           "max_rss_mib_parent": _maxrss_mib(),
+           "max_rss_mib_workers_max": resource.getrusage(resource.RUSAGE_CHILDREN).ru_maxrss
+           / 1024.0, "max_rss_before_mib": rss_before}
     print("RESULT " + json.dumps(out), flush=True)
 
 
@@ -524,7 +555,7 @@ def _run_worker(mode, args, extra=()):
            str(args.seed), "--n-sims", str(args.n_sims), "--n-numpy", str(args.n_numpy),
            "--batch-size", str(args.batch_size), "--batches-per-chunk",
            str(args.batches_per_chunk), "--repeat", str(args.repeat), "--numpy-generator",
-           args.numpy_generator, *extra]
+           args.numpy_generator, "--processes", str(args.processes), *extra]
     if args.crop:
         cmd += ["--crop", str(args.crop)]
     if not args.profile:
@@ -556,6 +587,10 @@ def main(argv=None):
     ap.add_argument("--extra-eval-fractions", default="0.1",
                     help="comma-separated eval_fraction values for further JAX runs "
                          "(batch --batch-size; '' for none)")
+    ap.add_argument("--processes-variants", default="2",
+                    help="comma-separated simulate_and_detect(processes=P) JAX runs, P > 1 "
+                         "('' for none)")
+    ap.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=None, help="central NxN sub-field (testing)")
     ap.add_argument("--numpy-generator", choices=("events", "binned"), default="events",
@@ -603,6 +638,9 @@ def main(argv=None):
             variants += [(f"jax_eval{ef:g}", f"eval_fraction={ef}", {"eval_fraction": ef})
                          for ef in (float(e) for e in args.extra_eval_fractions.split(",")
                                     if e.strip())]
+            variants += [(f"jax_processes{pr}", f"processes={pr}", {"processes": pr})
+                         for pr in (int(p) for p in args.processes_variants.split(",")
+                                    if p.strip()) if pr > 1]
             for key, label, change in variants:
                 a2 = argparse.Namespace(**{**vars(args), **change, "profile": False})
                 print(f"[{time.strftime('%H:%M:%S')}] jax {label} ...", flush=True)
@@ -615,7 +653,7 @@ def main(argv=None):
     jt = r.get("jax", {}).get("per_sim_s")
     summ = {"jax_per_sim_s": jt, "jax_batch_size": args.batch_size}
     for k, v in r.items():
-        if k.startswith(("jax_batch", "jax_eval")) and v.get("per_sim_s"):
+        if k.startswith(("jax_batch", "jax_eval", "jax_processes")) and v.get("per_sim_s"):
             summ[f"{k}_per_sim_s"] = v["per_sim_s"]
     for m in ("numpy", "sep"):
         t = r.get(m, {}).get("per_sim_s")
@@ -624,6 +662,9 @@ def main(argv=None):
         tmin = r.get(m, {}).get("per_sim_min_s")
         summ[f"{m}_per_sim_min_s"] = tmin
         summ[f"speedup_jax_vs_{m}_min"] = (tmin / jt) if (tmin and jt) else None
+        for k, v in r.items():
+            if k.startswith("jax_processes") and v.get("per_sim_s") and t:
+                summ[f"speedup_{k}_vs_{m}"] = t / v["per_sim_s"]
     if jt:
         summ["jax_sims_per_s"] = 1.0 / jt
     out["machine"]["load_average_end"] = list(os.getloadavg())

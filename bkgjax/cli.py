@@ -355,6 +355,8 @@ def _simulate_survey(args) -> int:
 
     t0 = time.perf_counter()
     try:
+        if args.processes is not None and args.processes < 1:
+            raise ValueError(f"--processes must be >= 1, got {args.processes}")
         cfg = ssim.read_survey_config(args.config or ssim.default_config_path())
         if args.bands:
             from .instruments.nustar_survey import band_info
@@ -363,7 +365,8 @@ def _simulate_survey(args) -> int:
         else:
             bands = None
         summary = ssim.run_survey_simulation(cfg, args.out, n_sims=args.n_sims, bands=bands,
-                                             progress=not args.no_progress)
+                                             progress=not args.no_progress,
+                                             processes=args.processes)
     except (ValueError, FileNotFoundError, RuntimeError) as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
@@ -494,6 +497,9 @@ def main(argv=None) -> int:
                      help="simulations per band (default: [simulation] n_sims, 1200)")
     sim.add_argument("--bands", nargs="+", default=None, help="subset of the configured bands")
     sim.add_argument("--out", required=True, help="output folder (ECSV, JSON, PNG)")
+    sim.add_argument("--processes", type=int, default=None,
+                     help="worker processes on a CPU host, e.g. one per core (default: "
+                          "[simulation] processes, 1); same results for any number")
     sim.add_argument("--no-progress", action="store_true")
 
     cat = sub.add_parser("catalogue", help="NuSTAR survey master catalogue merged across bands")

@@ -55,7 +55,7 @@ def test_default_config_is_nep_like():
     assert 0.02 < fld.fcxb.sum() / fld.background.sum() < 0.09
 
 
-def test_config_errors(tmp_path):
+def test_config_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
     bad.write_text(SMALL.replace('rate = { "3-24" = 1.5e-3, "8-24" = 8.25e-4 }', ""))
     with pytest.raises(ssim.SurveyConfigError, match="rate"):
@@ -66,6 +66,23 @@ def test_config_errors(tmp_path):
     bad.write_text(SMALL.replace('obsid = "A", ra = 150.0,', 'obsid = "A",'))
     with pytest.raises(ssim.SurveyConfigError, match="pointing 1 lacks key 'ra'"):
         ssim.read_survey_config(bad)
+    bad.write_text(SMALL.replace("n_sims = 8", "n_sims = 8\nprocesses = 0"))
+    with pytest.raises(ssim.SurveyConfigError, match="processes >= 1"):
+        ssim.read_survey_config(bad)
+    bad.write_text(SMALL.replace("batch_size = 2", "batch_size = 0"))
+    with pytest.raises(ssim.SurveyConfigError, match="batch_size"):
+        ssim.read_survey_config(bad)
+    bad.write_text(SMALL.replace("batch_size = 2", 'batch_size = "auto"'))
+    with pytest.raises(ssim.SurveyConfigError, match="'batch_size' must be a int"):
+        ssim.read_survey_config(bad)
+    # unset: simulate_and_detect chooses for the platform (default_batching)
+    bad.write_text(SMALL.replace("batch_size = 2", "").replace("batches_per_chunk = 2", ""))
+    unset = ssim.read_survey_config(bad)
+    assert unset.batch_size is None and unset.batches_per_chunk is None
+    from bkgjax.cli import main
+
+    assert main(["simulate-survey", "--out", str(tmp_path / "o"), "--processes", "0"]) == 2
+    assert "--processes must be >= 1" in capsys.readouterr().err
     bad.write_text(SMALL + "\n[extra]\nx = 1\n")
     with pytest.raises(ssim.SurveyConfigError, match="unknown section"):
         ssim.read_survey_config(bad)

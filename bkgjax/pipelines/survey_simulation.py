@@ -50,9 +50,10 @@ default, see :func:`default_config_path`)::
     bands = ["3-24", "3-8", "8-24", "8-16", "16-24"]
     n_sims = 1200
     seed = 20211
-    batch_size = 4
-    batches_per_chunk = 2
     max_candidates = 128
+    # batch_size = 4             # simulations per vmapped batch; batches_per_chunk = 2:
+    #                            # default: 4 x 2 on a CPU, one memory-sized batch on a GPU
+    processes = 1                # worker processes on a CPU host (one per core)
 
     [calibration]
     exposure_intervals_ks = [[20, 200], [200, 500], [500, inf]]
@@ -112,9 +113,10 @@ class SurveySimConfig:
     bands: tuple = ("3-24", "3-8", "8-24", "8-16", "16-24")
     n_sims: int = 1200
     seed: int = 20211
-    batch_size: int = 4
-    batches_per_chunk: int = 2
+    batch_size: int | None = None  # None: survey_vectorised.default_batching
+    batches_per_chunk: int | None = None
     max_candidates: int = 128
+    processes: int = 1
     exposure_intervals_ks: tuple = sc.DEFAULT_INTERVALS_KS
     reliability_levels: tuple = (0.95, 0.99)
     source: str = "<defaults>"
@@ -225,13 +227,17 @@ def read_survey_config(path) -> SurveySimConfig:
         background_files=bfiles, background_rate=rates, fcxb_fraction=fcxb, bands=bands,
         n_sims=int(_get(sim, "n_sims", "int", 1200, ws)),
         seed=int(_get(sim, "seed", "int", 20211, ws)),
-        batch_size=int(_get(sim, "batch_size", "int", 4, ws)),
-        batches_per_chunk=int(_get(sim, "batches_per_chunk", "int", 2, ws)),
+        batch_size=_get(sim, "batch_size", "int", None, ws),
+        batches_per_chunk=_get(sim, "batches_per_chunk", "int", None, ws),
         max_candidates=int(_get(sim, "max_candidates", "int", 128, ws)),
+        processes=int(_get(sim, "processes", "int", 1, ws)),
         exposure_intervals_ks=intervals, reliability_levels=levels, source=path)
-    if cfg.n_sims < 2 or cfg.batch_size < 1 or cfg.max_candidates < 1:
-        raise SurveyConfigError(f"{ws}: n_sims >= 2, batch_size >= 1 and max_candidates >= 1 "
-                                "are required")
+    unset_or_positive = all(v is None or v >= 1 for v in (cfg.batch_size,
+                                                           cfg.batches_per_chunk))
+    if (cfg.n_sims < 2 or not unset_or_positive or cfg.max_candidates < 1
+            or cfg.processes < 1):
+        raise SurveyConfigError(f"{ws}: n_sims >= 2, and batch_size, batches_per_chunk, "
+                                "max_candidates and processes >= 1 are required")
     if cfg.pixel_scale_arcsec <= 0 or cfg.size_arcmin <= 0 or cfg.modules < 1:
         raise SurveyConfigError(f"{w}: pixel_scale_arcsec, size_arcmin and modules must be > 0")
     return cfg
@@ -477,9 +483,13 @@ def _coverage_from_sims(results, src_ok, field_, intervals, flux_edges):
 
 
 def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | None = None,
-                          bands=None, progress: bool = True, plots: bool = True) -> dict:
+                          bands=None, progress: bool = True, plots: bool = True,
+                          processes: int | None = None) -> dict:
     """Run the calibration (module docstring) and write the ECSV tables, ``summary.json`` and
-    the PNG figures into ``out_dir``; returns the summary dict."""
+    the PNG figures into ``out_dir``; returns the summary dict.  ``n_sims``, ``bands`` and
+    ``processes`` (worker processes of
+    :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`) override the
+    configuration's values."""
     from astropy.table import Table, vstack
 
     from ..simulate import survey_sky
@@ -487,6 +497,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
 
     os.makedirs(out_dir, exist_ok=True)
     n_sims = int(cfg.n_sims if n_sims is None else n_sims)
+    processes = int(cfg.processes if processes is None else processes)
     if n_sims < 2:
         raise ValueError("n_sims must be >= 2 (the spurious-count check splits them in two)")
     bands = cfg.bands if bands is None else tuple(ns.band_info(b).name for b in bands)
@@ -506,7 +517,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
             fld.pixel_scale_arcsec, band=band, lognlogs=lognlogs,
             max_candidates=cfg.max_candidates, match_total_counts=target, filler=fld.fcxb,
             batch_size=cfg.batch_size, batches_per_chunk=cfg.batches_per_chunk,
-            progress=progress)
+            progress=progress, processes=processes)
         np.savez_compressed(os.path.join(out_dir, f"simulations_{band}.npz"),
                             **res._asdict())
         table = sc.threshold_table(res, cfg.exposure_intervals_ks, cfg.reliability_levels,

@@ -808,27 +808,140 @@ def background_mean_bound(background, exposure, match_total_counts=None, filler=
     return float(jnp.max(bkg))
 
 
-def simulation_keys(key, n_sims: int):
-    """Per-simulation keys ``fold_in(key, i)``: simulation i depends only on (key, i)."""
-    return jax.vmap(lambda i: jax.random.fold_in(key, i))(jnp.arange(n_sims, dtype=jnp.uint32))
+def simulation_keys(key, n_sims: int, first_simulation: int = 0):
+    """Per-simulation keys ``fold_in(key, i)`` for ``i = first_simulation, ...,
+    first_simulation + n_sims - 1``: simulation i depends only on (key, i)."""
+    return jax.vmap(lambda i: jax.random.fold_in(key, i))(
+        jnp.arange(first_simulation, first_simulation + n_sims, dtype=jnp.uint32))
+
+
+@dataclass(frozen=True)
+class _ChunkPlan:
+    """What a chunk of :func:`simulate_and_detect` needs, as NumPy (sent once to each worker
+    process when ``processes > 1``)."""
+
+    key: np.ndarray  # PRNG key data (uint32)
+    key_impl: str | None  # None: a raw key; else the implementation of a typed key
+    cfg: SimConfig
+    ladder: tuple
+    use_match: bool
+    use_filler: bool
+    n_pixels: int
+    arrays: tuple  # exposure, background, match_total, filler, background_sum, count_limit
+
+
+def _run_plan_chunk(plan: _ChunkPlan, arrays, first: int, size: int, devices=None):
+    """Simulations ``first .. first + size - 1`` of ``plan`` (one jitted call, reruns
+    included; ``arrays``: ``plan.arrays`` as JAX arrays): returns (SimResults as NumPy,
+    number of reruns)."""
+    key = jnp.asarray(plan.key)
+    if plan.key_impl is not None:
+        key = jax.random.wrap_key_data(key, impl=plan.key_impl)
+    keys = simulation_keys(key, size, first)
+    n_dev = 1 if devices is None else len(devices)
+    c = plan.cfg
+    n_rerun = 0
+    while True:
+        if n_dev > 1:
+            out = sharded_chunk_runner(c, plan.use_match, plan.use_filler, devices)(
+                keys, *arrays)
+        else:
+            out = run_chunk(keys, *arrays, cfg=c, use_match=plan.use_match,
+                            use_filler=plan.use_filler)
+        out = jax.tree_util.tree_map(np.asarray, out)
+        max_eval = _eval_budget(c.eval_fraction, plan.n_pixels)
+        short_list = max_eval < plan.n_pixels and np.any(out.n_logp_needed > max_eval)
+        # a background draw beyond the unrolled Poisson walk (~5e-10 per pixel): rerun
+        # with the walk's while loop, which gives the same image elsewhere
+        unfinished = np.any(out.n_unfinished_pixels > 0)
+        if not (short_list or unfinished):
+            return out, n_rerun
+        if short_list:
+            c = dataclasses.replace(c, eval_fraction=next(
+                lv.eval_fraction for lv in plan.ladder if lv.eval_fraction > c.eval_fraction))
+        if unfinished:
+            c = dataclasses.replace(c, finish_poisson_tail=True)
+        n_rerun += 1
+
+
+_WORKER_PLAN = {}  # per worker process: the plan sent by _pool_init
+
+
+def _pool_init(plan: _ChunkPlan):
+    # a worker process of simulate_and_detect(processes > 1): CPU only (each worker would
+    # otherwise claim the whole accelerator), 64-bit as in the parent (bkgjax's import)
+    jax.config.update("jax_platforms", "cpu")
+    jax.config.update("jax_enable_x64", True)
+    _WORKER_PLAN["plan"] = plan
+    _WORKER_PLAN["arrays"] = tuple(jnp.asarray(a) for a in plan.arrays)
+
+
+def _pool_chunk(first: int, size: int):
+    return _run_plan_chunk(_WORKER_PLAN["plan"], _WORKER_PLAN["arrays"], first, size)
+
+
+#: Device memory per simulation and pixel of a chunk, with margin: measured 44.7 bytes on an
+#: H200 (peak 17.6 GB at 1024 and 70.5 GB at 4096 simulations of the 635 x 635 NEP-like
+#: field; benchmarks/results/survey_gpu*.json).
+ACCELERATOR_BYTES_PER_SIM_PIXEL = 64
+#: Largest accelerator batch: throughput on the H200 grew up to 2048 simulations per batch
+#: (12.0, 3.4, 1.23, 0.76, 0.75 ms per simulation at 64, 256, 1024, 2048, 4096).
+MAX_ACCELERATOR_BATCH = 4096
+
+
+def default_batching(platform: str, n_sims: int, n_pixels: int, n_devices: int = 1,
+                     device_memory_bytes: float | None = None,
+                     memory_fraction: float = 0.4) -> tuple[int, int]:
+    """``(batch_size, batches_per_chunk)`` for :func:`simulate_and_detect` when not given.
+
+    CPU (``platform == "cpu"``): (4, 2), small batches (XLA:CPU gains nothing from wider
+    vmaps; memory stays ~1.2 GB).  Accelerators are latency-bound at small batches (an H200
+    takes 42 ms per simulation at batch 16 but 0.75 ms at 4096), so one batch per chunk, as
+    wide as ``memory_fraction`` of the device memory allows
+    (:data:`ACCELERATOR_BYTES_PER_SIM_PIXEL` per simulation and pixel; 16 GiB assumed when
+    the device does not report its memory), at most :data:`MAX_ACCELERATOR_BATCH`, and split
+    evenly over the chunks so that the last one is not mostly padding (1200 simulations: one
+    chunk of 1200 rather than two of 1024).
+    """
+    if platform == "cpu":
+        return 4, 2
+    memory = float(device_memory_bytes) if device_memory_bytes else 16.0 * 2**30
+    cap = int(memory_fraction * memory // (ACCELERATOR_BYTES_PER_SIM_PIXEL * max(n_pixels, 1)))
+    cap = max(1, min(MAX_ACCELERATOR_BATCH, cap))
+    per_device = -(-max(int(n_sims), 1) // max(int(n_devices), 1))
+    n_chunks = -(-per_device // cap)
+    return -(-per_device // n_chunks), 1
 
 
 def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcsec: float, *,
                         band: str = "3-24", lognlogs=survey_sky.TREISTER09_APPROX, psf=None,
                         max_sources: int | None = None, max_candidates: int = 64,
                         threshold_log10p: float = ns.DETECTION_LOG10P,
-                        match_total_counts=None, filler=None, batch_size: int = 8,
-                        batches_per_chunk: int = 4, progress: bool = True, shard: bool = True,
-                        devices=None, **config) -> SimResults:
+                        match_total_counts=None, filler=None, batch_size: int | None = None,
+                        batches_per_chunk: int | None = None, progress: bool = True,
+                        shard: bool = True,
+                        devices=None, processes: int = 1, first_simulation: int = 0,
+                        **config) -> SimResults:
     """``n_sims`` mock skies (:func:`survey_sky.simulate_sky_events`) + :func:`detect_fixed` +
     :func:`match_catalogue` (30"), from one seed ``key`` (int or PRNG key).
 
-    Simulation i uses ``fold_in(key, i)``, so results do not depend on ``batch_size``,
-    chunking or the number of devices.  Each chunk of ``n_devices * batch_size *
+    Simulation i uses ``fold_in(key, first_simulation + i)``, so results do not depend on
+    ``batch_size``, chunking, the number of devices or processes, and a long run can be
+    split into jobs by ``first_simulation``.  Each chunk of ``n_devices * batch_size *
     batches_per_chunk`` simulations is one jitted call (``vmap`` over ``batch_size``,
     ``lax.map`` over batches, and with ``shard=True`` and several devices
     :func:`sharded_chunk_runner` over the devices); memory is bounded by the chunk; a tqdm bar
     runs over the chunks; the last chunk is padded (fixed shapes, no recompilation).
+    ``batch_size`` and ``batches_per_chunk`` default to :func:`default_batching` for the
+    devices' platform (CPU: 4 x 2; a GPU: one batch per chunk, as wide as its memory allows).
+
+    ``processes > 1`` (CPU only): the chunks run in that many worker processes (``spawn``;
+    each compiles the program once, ~20 s, and holds its own ~1.2 GB), which is how the
+    cores of a CPU host are used: XLA:CPU runs this program on about one core, and two
+    executions of it in one process (two host devices or two threads) hang XLA:CPU 0.10.
+    Scripts that use it need the usual ``if __name__ == "__main__":`` guard of
+    :mod:`multiprocessing`.  Same results as ``processes=1``.
+
     ``filler``: the focused-CXB part of ``background`` rescaled to reach
     ``match_total_counts`` (paper sec. 3.1).  ``max_sources`` defaults to a value with
     P(truncation) < 1e-9 (:meth:`LogNLogS.check_max_sources` is always called).  Extra
@@ -838,6 +951,20 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
 
     if isinstance(key, int):
         key = jax.random.PRNGKey(key)
+    key_impl = None
+    if jnp.issubdtype(key.dtype, jax.dtypes.prng_key):  # a typed jax.random.key
+        key_impl = str(jax.random.key_impl(key))
+        key = jax.random.key_data(key)
+    processes = int(processes)
+    first_simulation = int(first_simulation)
+    if processes < 1:
+        raise ValueError(f"processes must be >= 1, got {processes}")
+    if first_simulation < 0 or first_simulation + int(n_sims) > 2**32:
+        raise ValueError(f"first_simulation={first_simulation} must be >= 0 with "
+                         "first_simulation + n_sims <= 2**32 (uint32 simulation index)")
+    if processes > 1 and jax.default_backend() != "cpu":
+        raise ValueError(f"processes={processes} is for CPU hosts; on "
+                         f"{jax.default_backend()} use devices= (jax.sharding) instead")
     exposure = jnp.asarray(exposure, jnp.float64)
     background = jnp.asarray(background, jnp.float64)
     if exposure.shape != background.shape or exposure.ndim != 2:
@@ -865,6 +992,18 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     if "max_bright_pixels" not in config and background_mean_bound(
             background, exposure, match_total_counts, filler) <= config["poisson_split_mean"]:
         config["max_bright_pixels"] = 0  # no background mean can exceed the split
+    devices = tuple(jax.devices() if devices is None else devices)
+    n_dev = len(devices) if shard and processes == 1 else 1
+    if batch_size is None or batches_per_chunk is None:
+        stats = devices[0].memory_stats() if devices[0].platform != "cpu" else None
+        auto_batch, auto_per_chunk = default_batching(
+            devices[0].platform, n_sims, int(exposure.size), n_dev,
+            (stats or {}).get("bytes_limit"))
+        batch_size = auto_batch if batch_size is None else batch_size
+        batches_per_chunk = auto_per_chunk if batches_per_chunk is None else batches_per_chunk
+    if int(batch_size) < 1 or int(batches_per_chunk) < 1:
+        raise ValueError(f"batch_size ({batch_size}) and batches_per_chunk "
+                         f"({batches_per_chunk}) must be >= 1")
     cfg = SimConfig(pixel_scale_arcsec=float(pixel_scale_arcsec), band=band, lognlogs=lognlogs,
                     psf=psf or ns.DEFAULT_PSF, max_sources=int(max_sources),
                     max_candidates=int(max_candidates),
@@ -882,41 +1021,41 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                       for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
     use_match = match_total_counts is not None
     use_filler = use_match and filler is not None
-    mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
-    fill = jnp.zeros_like(background) if filler is None else jnp.asarray(filler, jnp.float64)
-    devices = tuple(jax.devices() if devices is None else devices)
-    n_dev = len(devices) if shard else 1
+    mt = np.asarray(0.0 if match_total_counts is None else match_total_counts, np.float64)
+    fill = (np.zeros(background.shape) if filler is None
+            else np.asarray(filler, np.float64))
+    arrays = (exposure, background, jnp.asarray(mt), jnp.asarray(fill), b_sum, count_limit)
+    plan = _ChunkPlan(np.asarray(key), key_impl, cfg, tuple(ladder), use_match, use_filler,
+                      int(exposure.size), tuple(np.asarray(a) for a in arrays))
     chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
-    keys = simulation_keys(key, int(math.ceil(n_sims / chunk)) * chunk)
-
-    def run(k, c):
-        if n_dev > 1:
-            return sharded_chunk_runner(c, use_match, use_filler, devices)(
-                k, exposure, background, mt, fill, b_sum, count_limit)
-        return run_chunk(k, exposure, background, mt, fill, b_sum, count_limit, cfg=c,
-                         use_match=use_match, use_filler=use_filler)
+    firsts = [first_simulation + start for start in range(0, n_sims, chunk)]
 
     parts = []
     n_rerun = 0
-    for start in tqdm(range(0, n_sims, chunk), disable=not progress, desc="simulations",
-                      unit="chunk"):
-        c = cfg
-        while True:
-            out = jax.tree_util.tree_map(np.asarray, run(keys[start:start + chunk], c))
-            max_eval = _eval_budget(c.eval_fraction, exposure.size)
-            short_list = max_eval < exposure.size and np.any(out.n_logp_needed > max_eval)
-            # a background draw beyond the unrolled Poisson walk (~5e-10 per pixel): rerun
-            # with the walk's while loop, which gives the same image elsewhere
-            unfinished = np.any(out.n_unfinished_pixels > 0)
-            if not (short_list or unfinished):
-                break
-            if short_list:
-                c = dataclasses.replace(c, eval_fraction=next(
-                    lv.eval_fraction for lv in ladder if lv.eval_fraction > c.eval_fraction))
-            if unfinished:
-                c = dataclasses.replace(c, finish_poisson_tail=True)
-            n_rerun += 1
-        parts.append(out)
+    bar = tqdm(total=len(firsts), disable=not progress, desc="simulations", unit="chunk")
+    if processes == 1:
+        for first in firsts:
+            out, n = _run_plan_chunk(plan, arrays, first, chunk,
+                                     devices if n_dev > 1 else None)
+            parts.append(out)
+            n_rerun += n
+            bar.update()
+    else:
+        import concurrent.futures as cf
+        import multiprocessing
+
+        with cf.ProcessPoolExecutor(min(processes, len(firsts)),
+                                    mp_context=multiprocessing.get_context("spawn"),
+                                    initializer=_pool_init, initargs=(plan,)) as pool:
+            futures = [pool.submit(_pool_chunk, first, chunk) for first in firsts]
+            for future in cf.as_completed(futures):
+                future.result()  # a worker's error surfaces here, at once
+                bar.update()
+            for future in futures:
+                out, n = future.result()
+                parts.append(out)
+                n_rerun += n
+    bar.close()
     res = SimResults(*(np.concatenate(f)[:n_sims] for f in zip(*parts)))
     if n_rerun:
         warnings.warn(f"{n_rerun} chunk run(s) needed the exact false probability "
