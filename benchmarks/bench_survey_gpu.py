@@ -10,9 +10,9 @@ phase's numbers written to the JSON as soon as they exist (a run cut short keeps
    ``--n-numpy`` maps of the 3-24 keV NEP-like field, on one CPU core of the same host;
 3. :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` on that field for each
    ``--batch-sizes`` value (one chunk of ``batch_size`` simulations per jitted call): a first
-   call of one chunk (compilation included), then ``--timed-chunks`` chunks timed (after
-   ``block_until_ready`` on the NumPy results, which the engine returns); device peak memory
-   from ``jax.Device.memory_stats``;
+   call of one chunk (compilation included), then ``--timed-chunks`` chunks timed (the
+   engine returns NumPy arrays, so the time includes all device work and the transfers);
+   device peak memory from ``jax.Device.memory_stats``;
 4. :func:`~bkgjax.pipelines.survey_simulation.run_survey_simulation` on the shipped NEP-like
    configuration with ``batch_size = --calibration-batch`` (``batches_per_chunk = 1``),
    ``--n-sims`` simulations per band for the bands that fit in the time left (estimated from
@@ -33,7 +33,6 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import json
-import math
 import os
 import subprocess
 import sys
@@ -152,7 +151,6 @@ def compare_thresholds(table_path, reference_path):
 def calibration(args, per_sim_s, first_call_s, report):
     import jax
 
-    from bkgjax.instruments import nustar_survey as ns
     from bkgjax.pipelines import survey_simulation as ssim
     from bkgjax.pipelines import survey_vectorised as sv
 
@@ -200,7 +198,6 @@ def calibration(args, per_sim_s, first_call_s, report):
     if ref.exists() and args.n_sims == 1200:
         out["thresholds_vs_cpu_run"] = compare_thresholds(
             os.path.join(args.out_dir, "thresholds.ecsv"), ref)
-    del ns
     return out
 
 

@@ -57,24 +57,17 @@ def test_default_config_is_nep_like():
 
 def test_config_errors(tmp_path, capsys):
     bad = tmp_path / "bad.toml"
-    bad.write_text(SMALL.replace('rate = { "3-24" = 1.5e-3, "8-24" = 8.25e-4 }', ""))
-    with pytest.raises(ssim.SurveyConfigError, match="rate"):
-        ssim.read_survey_config(bad)
-    bad.write_text(SMALL.replace("n_sims = 8", "n_sims = \"many\""))
-    with pytest.raises(ssim.SurveyConfigError, match="n_sims"):
-        ssim.read_survey_config(bad)
-    bad.write_text(SMALL.replace('obsid = "A", ra = 150.0,', 'obsid = "A",'))
-    with pytest.raises(ssim.SurveyConfigError, match="pointing 1 lacks key 'ra'"):
-        ssim.read_survey_config(bad)
-    bad.write_text(SMALL.replace("n_sims = 8", "n_sims = 8\nprocesses = 0"))
-    with pytest.raises(ssim.SurveyConfigError, match="processes >= 1"):
-        ssim.read_survey_config(bad)
-    bad.write_text(SMALL.replace("batch_size = 2", "batch_size = 0"))
-    with pytest.raises(ssim.SurveyConfigError, match="batch_size"):
-        ssim.read_survey_config(bad)
-    bad.write_text(SMALL.replace("batch_size = 2", 'batch_size = "auto"'))
-    with pytest.raises(ssim.SurveyConfigError, match="'batch_size' must be a int"):
-        ssim.read_survey_config(bad)
+    # (text replaced in SMALL, what the error must say)
+    cases = [('rate = { "3-24" = 1.5e-3, "8-24" = 8.25e-4 }', "", "rate"),
+             ("n_sims = 8", 'n_sims = "many"', "n_sims"),
+             ('obsid = "A", ra = 150.0,', 'obsid = "A",', "pointing 1 lacks key 'ra'"),
+             ("n_sims = 8", "n_sims = 8\nprocesses = 0", "processes >= 1"),
+             ("batch_size = 2", "batch_size = 0", "batch_size"),
+             ("batch_size = 2", 'batch_size = "auto"', "'batch_size' must be a int")]
+    for old, new, message in cases:
+        bad.write_text(SMALL.replace(old, new))
+        with pytest.raises(ssim.SurveyConfigError, match=message):
+            ssim.read_survey_config(bad)
     # unset: simulate_and_detect chooses for the platform (default_batching)
     bad.write_text(SMALL.replace("batch_size = 2", "").replace("batches_per_chunk = 2", ""))
     unset = ssim.read_survey_config(bad)
