@@ -881,7 +881,7 @@ def _pool_chunk(first: int, size: int):
 
 
 #: Device memory per simulation and pixel of a chunk, with margin: measured 44.7 bytes on an
-#: H200 (peak 17.6 GB at 1024 and 70.5 GB at 4096 simulations of the 635 x 635 NEP-like
+#: H200 (peak 17.2 GiB at 1024 and 68.8 GiB at 4096 simulations of the 635 x 635 NEP-like
 #: field; benchmarks/results/survey_gpu*.json).
 ACCELERATOR_BYTES_PER_SIM_PIXEL = 64
 #: Largest accelerator batch: throughput on the H200 grew up to 2048 simulations per batch
