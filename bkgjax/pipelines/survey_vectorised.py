@@ -936,11 +936,14 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     devices' platform (CPU: 4 x 2; a GPU: one batch per chunk, as wide as its memory allows).
 
     ``processes > 1`` (CPU only): the chunks run in that many worker processes (``spawn``;
-    each compiles the program once, ~20 s, and holds its own ~1.2 GB), which is how the
-    cores of a CPU host are used: XLA:CPU runs this program on about one core, and two
-    executions of it in one process (two host devices or two threads) hang XLA:CPU 0.10.
-    Scripts that use it need the usual ``if __name__ == "__main__":`` guard of
-    :mod:`multiprocessing`.  Same results as ``processes=1``.
+    each compiles the program once and holds its own ~1.0 GB), which is how the cores of a
+    CPU host are used: XLA:CPU runs this program on about one core, and two executions of it
+    in one process (two host devices or two threads) hang XLA:CPU 0.10.  It pays off on
+    long calls only: on the 2-core test machine with the NEP-like field two workers took
+    17.8 ms per simulation against 26 ms in one process, but started in ~27 s against a
+    ~13 s compilation, so they gain from ~2000 simulations per call on.  Scripts that use it
+    need the usual ``if __name__ == "__main__":`` guard of :mod:`multiprocessing`.  Same
+    results as ``processes=1``.
 
     ``filler``: the focused-CXB part of ``background`` rescaled to reach
     ``match_total_counts`` (paper sec. 3.1).  ``max_sources`` defaults to a value with
