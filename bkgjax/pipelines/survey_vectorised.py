@@ -817,8 +817,8 @@ def simulation_keys(key, n_sims: int, first_simulation: int = 0):
 
 @dataclass(frozen=True)
 class _ChunkPlan:
-    """What a chunk of :func:`simulate_and_detect` needs, as NumPy (sent once to each worker
-    process when ``processes > 1``)."""
+    """What a chunk of :func:`simulate_and_detect` needs besides its images (picklable: sent
+    once to each worker process when ``processes > 1``)."""
 
     key: np.ndarray  # PRNG key data (uint32)
     key_impl: str | None  # None: a raw key; else the implementation of a typed key
@@ -826,14 +826,12 @@ class _ChunkPlan:
     ladder: tuple
     use_match: bool
     use_filler: bool
-    n_pixels: int
-    arrays: tuple  # exposure, background, match_total, filler, background_sum, count_limit
 
 
 def _run_plan_chunk(plan: _ChunkPlan, arrays, first: int, size: int, devices=None):
     """Simulations ``first .. first + size - 1`` of ``plan`` (one jitted call, reruns
-    included; ``arrays``: ``plan.arrays`` as JAX arrays): returns (SimResults as NumPy,
-    number of reruns)."""
+    included; ``arrays``: exposure, background, match_total, filler, background_sum,
+    count_limit as JAX arrays): returns (SimResults as NumPy, number of reruns)."""
     key = jnp.asarray(plan.key)
     if plan.key_impl is not None:
         key = jax.random.wrap_key_data(key, impl=plan.key_impl)
@@ -849,8 +847,9 @@ def _run_plan_chunk(plan: _ChunkPlan, arrays, first: int, size: int, devices=Non
             out = run_chunk(keys, *arrays, cfg=c, use_match=plan.use_match,
                             use_filler=plan.use_filler)
         out = jax.tree_util.tree_map(np.asarray, out)
-        max_eval = _eval_budget(c.eval_fraction, plan.n_pixels)
-        short_list = max_eval < plan.n_pixels and np.any(out.n_logp_needed > max_eval)
+        n_pixels = arrays[0].size
+        max_eval = _eval_budget(c.eval_fraction, n_pixels)
+        short_list = max_eval < n_pixels and np.any(out.n_logp_needed > max_eval)
         # a background draw beyond the unrolled Poisson walk (~5e-10 per pixel): rerun
         # with the walk's while loop, which gives the same image elsewhere
         unfinished = np.any(out.n_unfinished_pixels > 0)
@@ -864,16 +863,16 @@ def _run_plan_chunk(plan: _ChunkPlan, arrays, first: int, size: int, devices=Non
         n_rerun += 1
 
 
-_WORKER_PLAN = {}  # per worker process: the plan sent by _pool_init
+_WORKER_PLAN = {}  # per worker process: the plan and images sent by _pool_init
 
 
-def _pool_init(plan: _ChunkPlan):
+def _pool_init(plan: _ChunkPlan, arrays):
     # a worker process of simulate_and_detect(processes > 1): CPU only (each worker would
     # otherwise claim the whole accelerator), 64-bit as in the parent (bkgjax's import)
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_enable_x64", True)
     _WORKER_PLAN["plan"] = plan
-    _WORKER_PLAN["arrays"] = tuple(jnp.asarray(a) for a in plan.arrays)
+    _WORKER_PLAN["arrays"] = tuple(jnp.asarray(a) for a in arrays)
 
 
 def _pool_chunk(first: int, size: int):
@@ -1024,12 +1023,10 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
                       for f in (4.0 * cfg.eval_fraction, 1.0) if cfg.eval_fraction < f <= 1.0]
     use_match = match_total_counts is not None
     use_filler = use_match and filler is not None
-    mt = np.asarray(0.0 if match_total_counts is None else match_total_counts, np.float64)
-    fill = (np.zeros(background.shape) if filler is None
-            else np.asarray(filler, np.float64))
-    arrays = (exposure, background, jnp.asarray(mt), jnp.asarray(fill), b_sum, count_limit)
-    plan = _ChunkPlan(np.asarray(key), key_impl, cfg, tuple(ladder), use_match, use_filler,
-                      int(exposure.size), tuple(np.asarray(a) for a in arrays))
+    mt = jnp.asarray(0.0 if match_total_counts is None else match_total_counts, jnp.float64)
+    fill = jnp.zeros_like(background) if filler is None else jnp.asarray(filler, jnp.float64)
+    arrays = (exposure, background, mt, fill, b_sum, count_limit)
+    plan = _ChunkPlan(np.asarray(key), key_impl, cfg, tuple(ladder), use_match, use_filler)
     chunk = n_dev * cfg.batch_size * int(batches_per_chunk)
     firsts = [first_simulation + start for start in range(0, n_sims, chunk)]
 
@@ -1049,7 +1046,9 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
 
         with cf.ProcessPoolExecutor(min(processes, len(firsts)),
                                     mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_pool_init, initargs=(plan,)) as pool:
+                                    initializer=_pool_init,
+                                    initargs=(plan, tuple(np.asarray(a) for a in arrays))
+                                    ) as pool:
             futures = [pool.submit(_pool_chunk, first, chunk) for first in firsts]
             for future in cf.as_completed(futures):
                 future.result()  # a worker's error surfaces here, at once
