@@ -420,10 +420,13 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     terms = sv.series_terms_for(b_sum, limit)
     split = sv.poisson_split_for(b, mt)
     max_bright = 0 if sv.background_mean_bound(b, e, mt, f) <= split else 4096
+    unroll = sv.poisson_unroll_for(b, e, split, mt, f)
     gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky_events(
         k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
         cfg.psf_radius_arcsec, f, poisson_split_mean=split, event_block=cfg.source_event_block,
-        max_bright=max_bright, finish_poisson_tail=cfg.finish_poisson_tail)[0]))
+        max_bright=max_bright, finish_poisson_tail=cfg.finish_poisson_tail,
+        poisson_unroll=unroll, dtype=jnp.int32,
+        uniform_bits=cfg.background_uniform_bits)[0]))
 
     def det(counts, deblend):
         return sv.detect_fixed(counts, bdet, e, r, 128, cfg.threshold_log10p,
@@ -435,9 +438,11 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
 
     det_nodeb = jax.jit(jax.vmap(lambda c: det(c, False)))
     det_deb = jax.jit(jax.vmap(lambda c: det(c, True)))
-    tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_runs(c, r, e, integer=True)))
+    tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_runs(c, r, e, integer=True,
+                                                           dtype=jnp.int32)))
     out = {"source_event_block": cfg.source_event_block, "series_terms": int(terms),
-           "poisson_split_mean": float(split), "max_bright_pixels": max_bright}
+           "poisson_split_mean": float(split), "max_bright_pixels": max_bright,
+           "poisson_unroll": unroll}
     counts = jax.block_until_ready(gen(keys))
     for name, fn, arg in (("generate", gen, keys), ("tophat_counts", tophat, counts),
                           ("detect_no_deblend", det_nodeb, counts),
@@ -511,10 +516,17 @@ def agreement(args):
     counts, cat = ss.simulate_sky_events(key, expo, bkg, scale, args.band,
                                          ss.TREISTER09_APPROX, None, max_sources, mt, 150.0,
                                          fcxb, poisson_split_mean=sv.poisson_split_for(bkg, mt),
-                                         max_bright=0)
+                                         max_bright=0,
+                                         uniform_bits=sv.SimConfig.background_uniform_bits)
     counts = np.asarray(counts)
     assert np.allclose(np.asarray(cat.flux)[np.asarray(cat.valid)],
                        res.src_flux[0][res.src_valid[0]])
+    # the regenerated image is the engine's: its 20" sums at the JAX detections are their
+    # total counts (a different background draw, e.g. other uniforms, fails here)
+    sums = np.asarray(sv.tophat_sum_runs(counts, 20.0 / scale, expo, integer=True))
+    valid0 = res.det_valid[0]
+    assert np.array_equal(sums[res.det_y[0][valid0].astype(int), res.det_x[0][valid0].astype(int)],
+                          res.det_total_counts[0][valid0]), "regenerated map differs"
     nd = NumpyDetector(expo, bkg, fcxb, scale, args.band, 128, mt)
     out = {"seed": args.seed, "sim": 0}
     v = res.det_valid[0]

@@ -395,7 +395,7 @@ def test_processes_first_simulation_and_typed_keys_give_the_same_maps(field):
         sv.simulate_and_detect(11, 4, expo, bkg, SCALE, first_simulation=-1, **kw)
     with pytest.raises(ValueError, match="batch_size"):
         sv.simulate_and_detect(11, 4, expo, bkg, SCALE, **dict(kw, batch_size=0))
-    # batching left to default_batching (4 x 2 on a CPU): the same simulations
+    # batching left to default_batching (4 x 2 on a CPU for 20): the same simulations
     auto = sv.simulate_and_detect(11, 20, expo, bkg, SCALE, **dict(
         kw, batch_size=None, batches_per_chunk=None))
     for name, a, b in zip(sv.SimResults._fields, ref, auto):
@@ -403,12 +403,13 @@ def test_processes_first_simulation_and_typed_keys_give_the_same_maps(field):
 
 
 def test_default_batching_by_platform_and_memory():
-    """CPU: 4 x 2; an accelerator: one batch per chunk sized from its memory (64 bytes per
+    """CPU: 4 x 16 (4 x 2 below 512 simulations); an accelerator: one batch per chunk sized from its memory (64 bytes per
     simulation and pixel, 40 %), split evenly over the chunks, per device."""
     npix = 635 * 635
     h200 = 139 * 2**30  # 0.4 * 139 GiB / (64 B * 403225) = 2313 simulations at most
-    assert sv.default_batching("cpu", 1200, npix) == (4, 2)
-    assert sv.default_batching("cpu", 1200, npix, 4, h200) == (4, 2)
+    assert sv.default_batching("cpu", 1200, npix) == (4, 16)
+    assert sv.default_batching("cpu", 1200, npix, 4, h200) == (4, 16)
+    assert sv.default_batching("cpu", 511, npix) == (4, 2)  # short runs: small chunks
     assert sv.default_batching("gpu", 1200, npix, 1, h200) == (1200, 1)
     assert sv.default_batching("gpu", 10000, npix, 1, h200) == (2000, 1)  # 5 chunks
     assert sv.default_batching("gpu", 1200, npix, 4, h200) == (300, 1)  # per device
@@ -440,15 +441,21 @@ def test_filler_rescaling_keeps_fixed_background(field):
                                rtol=1e-8, atol=1e-12)
 
 
-@pytest.mark.parametrize("mean", [0.3, 7.99, 8.5, 40.0, 600.0])
-def test_poisson_image_distribution(mean):
+@pytest.mark.parametrize("mean,uniform_bits", [(0.3, 64), (7.99, 64), (8.5, 64), (40.0, 64),
+                                               (600.0, 64), (0.3, 32), (1.9, 32), (7.99, 32),
+                                               (40.0, 32)])
+def test_poisson_image_distribution(mean, uniform_bits):
     """The split sampler (inverse CDF below 8 counts + jax.random.poisson for the excess) is
-    Poisson: chi-square of the histogram against scipy.stats.poisson."""
+    Poisson: chi-square of the histogram against scipy.stats.poisson, with 64-bit uniforms
+    and with the engine's 32-bit ones (halves of 64-bit words), as int32 and float64."""
     n_side = 150
     lam = np.full((n_side, n_side), 0.5)
     lam.ravel()[:4000] = mean
+    dtype = jnp.int32 if uniform_bits == 32 else jnp.float64
     counts, n_bright, n_unfinished = ss.poisson_image(jax.random.PRNGKey(int(mean * 10)),
-                                                      jnp.asarray(lam))
+                                                      jnp.asarray(lam), dtype=dtype,
+                                                      uniform_bits=uniform_bits)
+    assert counts.dtype == dtype
     x = np.asarray(counts).ravel()[:4000]
     assert int(n_bright) == (4000 if mean > ss.POISSON_SPLIT_MEAN else 0)
     lo, hi = stats.poisson.ppf([1e-4, 1 - 1e-4], mean)
@@ -528,9 +535,12 @@ def test_simulate_and_detect_rejects_bad_images(case, match):
                                progress=False)
 
 
-def test_log_false_probability_series_matches_scipy():
+@pytest.mark.parametrize("block", [1, 3, 8])
+def test_log_false_probability_series_matches_scipy(block):
     """The fixed-length series (simulations' fast path) equals SciPy's incomplete gamma, with
-    the term count from its truncation bound."""
+    the term count from its truncation bound, for any number of Horner steps per division;
+    a longer series than the bound (and one long enough for the loop form) changes
+    nothing."""
     from scipy.special import gammainc
 
     from bkgjax.stats import intervals
@@ -539,8 +549,24 @@ def test_log_false_probability_series_matches_scipy():
     b = rng.uniform(1e-3, 400.0, 5000)
     c = np.floor(b + rng.uniform(0.5, 6.0, b.size) * np.sqrt(b) + 1.0)
     n_terms = intervals.false_probability_series_terms(c, b)
-    value = np.asarray(intervals.log_false_probability_series(c, b, n_terms))
-    np.testing.assert_allclose(value, np.log(gammainc(c, b)), rtol=1e-11, atol=1e-11)
+    assert n_terms <= intervals._SERIES_UNROLL_MAX  # unrolled
+    reference = np.log(gammainc(c, b))
+    value = np.asarray(intervals.log_false_probability_series(c, b, n_terms, block))
+    np.testing.assert_allclose(value, reference, rtol=1e-11, atol=1e-11)
+    # 301 and 1000 terms: the loop over 8-block bodies plus an unrolled remainder
+    for n_long in (301, 1000):
+        longer = np.asarray(intervals.log_false_probability_series(c, b, n_long, block))
+        np.testing.assert_allclose(longer, reference, rtol=1e-11, atol=1e-11)
+    # large counts near the detection limit, where thousands of terms are needed; atol: the
+    # leading term C ln B - B - ln Gamma(C + 1) cancels from ~4e6 to ~-7 at C = 3e5, which
+    # leaves ~1e-9 of float64 round-off in ln P (1e-9 relative in P), whatever the series
+    c_big = np.array([1e4, 1e5, 3e5])
+    b_big = c_big - 3.0 * np.sqrt(c_big)
+    n_big = intervals.false_probability_series_terms(c_big, b_big)
+    assert n_big > intervals._SERIES_UNROLL_MAX
+    np.testing.assert_allclose(
+        np.asarray(intervals.log_false_probability_series(c_big, b_big, n_big, block)),
+        np.log(gammainc(c_big, b_big)), rtol=0, atol=2e-9)
     with pytest.raises(ValueError, match="counts_min > background"):
         intervals.false_probability_series_terms([3.0], [5.0])
 
@@ -618,6 +644,63 @@ def test_tophat_runs_match_direct(radius):
                                np.asarray(sd.tophat_sum(smooth, radius, expo)), rtol=1e-13)
     kernel = sd.tophat_kernel(radius)
     assert sum(2 * half + 1 for _, half in sv.tophat_runs(radius)) == kernel.sum()
+
+
+def test_poisson_image_32_bit_uniforms():
+    """uniform_bits=32: both halves of the 64-bit words are used (neighbouring pixels are not
+    correlated: lag-1 correlation of the draws ~ 0 and P(0) = exp(-mean) over 10^6 pixels),
+    the float64 and int32 images are the same draws, and other widths are rejected."""
+    lam = jnp.full((1000, 1001), 0.7)  # odd size: one half-word left over
+    key = jax.random.PRNGKey(21)
+    draws, _, _ = ss.poisson_image(key, lam, split_mean=2.0, max_bright=0, uniform_bits=32)
+    as_int, _, _ = ss.poisson_image(key, lam, split_mean=2.0, max_bright=0, uniform_bits=32,
+                                    dtype=jnp.int32)
+    x = np.asarray(draws).ravel()
+    np.testing.assert_array_equal(x, np.asarray(as_int).ravel())
+    n = x.size
+    assert abs(np.mean(x == 0) - math.exp(-0.7)) < 5 * math.sqrt(0.5 * 0.5 / n)
+    assert abs(x.mean() - 0.7) < 5 * math.sqrt(0.7 / n)
+    # the two halves of one word land n/2 pixels apart; neighbours come from separate words
+    for lag in (1, (n + 1) // 2):
+        r = np.corrcoef(x[:-lag], x[lag:])[0, 1]
+        assert abs(r) < 5 / math.sqrt(n - lag)
+    with pytest.raises(ValueError, match="uniform_bits"):
+        ss.poisson_image(key, lam, uniform_bits=16)
+
+
+def test_simulate_sky_events_int32_equals_float64(field):
+    """The engine's int32 counts image (dtype=jnp.int32) holds the same draws as the float64
+    one, with the same catalogue."""
+    expo, bkg = field
+    key = jax.random.PRNGKey(8)
+    kw = dict(max_sources=64, match_total_counts=float(bkg.sum()) * 1.2,
+              filler=0.3 * np.asarray(bkg), finish_poisson_tail=False, uniform_bits=32)
+    as_float, cat_f = ss.simulate_sky_events(key, expo, bkg, SCALE, **kw)
+    as_int, cat_i = ss.simulate_sky_events(key, expo, bkg, SCALE, dtype=jnp.int32, **kw)
+    assert as_int.dtype == jnp.int32 and as_float.dtype == jnp.float64
+    np.testing.assert_array_equal(np.asarray(as_int), np.asarray(as_float))
+    assert float(np.asarray(as_float).sum()) > 0
+    for a, b in zip(cat_f, cat_i):
+        np.testing.assert_array_equal(np.asarray(a), np.asarray(b))
+
+
+def test_poisson_unroll_for_bounds_the_unfinished_draws():
+    """poisson_unroll_for: the expected number of draws beyond the unrolled steps (scipy) is
+    at most the bound at the chosen length and above it one step shorter; never past the
+    walk's default bulk."""
+    rng = np.random.default_rng(5)
+    expo = np.full((200, 200), 1e5)
+    expo[:, :20] = 0.0
+    bkg = rng.uniform(0.0, 1.5, (200, 200))
+    n = sv.poisson_unroll_for(bkg, expo, 2.0, max_unfinished=1e-3)
+    lam = np.minimum(bkg[expo > 0], 2.0)
+    assert stats.poisson.sf(n - 1, lam).sum() <= 1e-3 < stats.poisson.sf(n - 2, lam).sum()
+    assert sv.poisson_unroll_for(bkg, expo, 2.0) > n  # the default bound is 1e-5
+    assert sv.poisson_unroll_for(bkg, expo, 2.0, max_unfinished=1e-30) == 16  # the bulk
+    # the rescaled maximum counts: a target twice the map's sum doubles the means
+    n2 = sv.poisson_unroll_for(bkg, expo, 2.0, match_total_counts=2 * bkg[expo > 0].sum(),
+                               max_unfinished=1e-3)
+    assert n2 > n
 
 
 def test_poisson_image_without_tail_loop_flags_unfinished_draws():

@@ -52,7 +52,7 @@ default, see :func:`default_config_path`)::
     seed = 20211
     max_candidates = 128
     # batch_size = 4             # simulations per vmapped batch; batches_per_chunk = 2:
-    #                            # default: 4 x 2 on a CPU, one memory-sized batch on a GPU
+    #                            # default: 4 x 16 on a CPU (4 x 2 below 512), one memory-sized batch on a GPU
     processes = 1                # worker processes on a CPU host (one per core)
 
     [calibration]

@@ -83,6 +83,7 @@ __all__ = [
     "simulate_and_detect",
     "detection_background",
     "poisson_split_for",
+    "poisson_unroll_for",
     "background_mean_bound",
     "run_chunk",
     "sharded_chunk_runner",
@@ -110,14 +111,16 @@ def tophat_runs(radius_pix: float):
                  if kernel[dy].any())
 
 
-def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = False):
+def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = False,
+                    dtype=jnp.float64):
     r""":func:`survey_detection.tophat_sum` (same kernel, zero padding) by direct summation:
     horizontal box sums of every half-width the kernel's rows need (each from the next
     narrower one plus two shifted columns), then the sum of the rows' boxes shifted by their
     dy; about 34 shifted additions per pixel for the 20"/2.46" aperture, fused by XLA into
     one pass.  Exact for integer images (no FFT round-off); ``integer=True`` sums in int32
     (the image must hold integers below 2^31 / kernel size, e.g. counts), ~2x faster than
-    the float64 FFT on XLA:CPU for the NEP-like map.  Returns float64."""
+    the float64 FFT on XLA:CPU for the NEP-like map.  Returns ``dtype`` (float64; the
+    simulations keep ``jnp.int32`` sums, half the memory traffic of a float64 image)."""
     image = jnp.asarray(image)
     if exposure is not None:
         image = jnp.where(jnp.asarray(exposure) > 0, image, 0)
@@ -133,7 +136,7 @@ def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = Fal
             box = box + padded[:, k - half:k - half + w] + padded[:, k + half:k + half + w]
         boxes[half] = box
     total = sum(boxes[half][k + dy:k + dy + h] for dy, half in runs)
-    return total.astype(jnp.float64)
+    return total.astype(dtype)
 
 
 class Detections(NamedTuple):
@@ -243,7 +246,8 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
     used = idx < n_pix
     safe = jnp.minimum(idx, n_pix - 1)
     # unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway
-    lnp = intervals.log_false_probability_series(jnp.where(used, c.ravel()[safe], 2.0),
+    lnp = intervals.log_false_probability_series(jnp.where(used, c.ravel()[safe], 2)
+                                                 .astype(jnp.float64),
                                                  jnp.where(used, b.ravel()[safe], 1.0),
                                                  series_terms)
     logp = jnp.where(used, lnp / _LN10, 0.0)
@@ -510,13 +514,16 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     in int32 (:func:`tophat_sum_runs`) instead of the FFT rounded to 1e-9."""
     if deblend and pixel_scale_arcsec is None:
         raise ValueError("detect_fixed(deblend=True) needs pixel_scale_arcsec")
-    counts = jnp.asarray(counts, dtype=jnp.float64)
     background = jnp.asarray(background, dtype=jnp.float64)
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
     good = exposure > 0
     if integer_counts:
-        c = _materialised(tophat_sum_runs(counts, radius_pix, exposure, integer=True))
+        # int32 sums (exact); compared with the float64 count limit in the fused screen and
+        # converted only where gathered
+        c = _materialised(tophat_sum_runs(counts, radius_pix, exposure, integer=True,
+                                          dtype=jnp.int32))
     else:
+        counts = jnp.asarray(counts, dtype=jnp.float64)
         c = jnp.round(tophat_sum_fft(counts, radius_pix, exposure), 9)
     if background_sum is None:
         b = jnp.maximum(tophat_sum_fft(background, radius_pix, exposure), _BKG_FLOOR)
@@ -535,6 +542,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
         score_of = -logp_list
         pixel_of = pix
     else:
+        c = c.astype(jnp.float64)
         if _eval_budget(eval_fraction, n_pix) >= n_pix:
             lnp = intervals.log_false_probability(c, b)
             n_logp_needed = jnp.asarray(0, jnp.int32)
@@ -569,7 +577,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
         valid, iy, ix, log10p_at = valid[order], iy[order], ix[order], log10p_at[order]
     y = iy.astype(jnp.float64)
     x = ix.astype(jnp.float64)
-    tot = c[iy, ix]
+    tot = c[iy, ix].astype(jnp.float64)
     bkg = b[iy, ix]
     dml_raw = jnp.where(valid, -intervals.log_false_probability(tot, bkg), 0.0)
     bkg_deb = bkg
@@ -605,10 +613,13 @@ def match_catalogue(det_xy, det_valid, src_xy, src_flux, src_valid, radius_pix: 
     """
     det_xy = jnp.asarray(det_xy, jnp.float64)
     src_xy = jnp.asarray(src_xy, jnp.float64)
-    d2 = jnp.sum((det_xy[:, None, :] - src_xy[None, :, :]) ** 2, axis=-1)
+    # written per coordinate (not a sum over the last axis), so that XLA fuses the distances
+    # into the argmin instead of writing the (n_det, n_src) matrix first
+    d2 = ((det_xy[:, None, 0] - src_xy[None, :, 0]) ** 2
+          + (det_xy[:, None, 1] - src_xy[None, :, 1]) ** 2)
     d2 = jnp.where(src_valid[None, :], d2, jnp.inf)
     j = jnp.argmin(d2, axis=1)
-    best = jnp.take_along_axis(d2, j[:, None], axis=1)[:, 0]
+    best = jnp.where(src_valid[j], jnp.sum((det_xy - src_xy[j]) ** 2, axis=-1), jnp.inf)
     matched = det_valid & (best <= radius_pix**2)
     flux = jnp.where(matched, jnp.asarray(src_flux)[j], 0.0)
     return matched, jnp.where(matched, j, -1), flux, jnp.where(matched, jnp.sqrt(best), jnp.inf)
@@ -638,6 +649,7 @@ class SimConfig:
     batch_size: int = 8
     poisson_split_mean: float = survey_sky.POISSON_SPLIT_MEAN
     poisson_unroll: int | None = None
+    background_uniform_bits: int = 32
     finish_poisson_tail: bool = False
 
 
@@ -686,7 +698,8 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
         match_total if use_match else None, cfg.psf_radius_arcsec,
         filler if use_filler else None, poisson_split_mean=cfg.poisson_split_mean,
         event_block=cfg.source_event_block, max_bright=cfg.max_bright_pixels,
-        finish_poisson_tail=cfg.finish_poisson_tail, poisson_unroll=cfg.poisson_unroll)
+        finish_poisson_tail=cfg.finish_poisson_tail, poisson_unroll=cfg.poisson_unroll,
+        dtype=jnp.int32, uniform_bits=cfg.background_uniform_bits)
     # keep XLA from fusing the generation (the Poisson walk) into the detection's stencil
     counts = _materialised(counts)
     bkg = jnp.where(exposure > 0, background, 0.0)
@@ -794,18 +807,48 @@ def poisson_split_for(background, match_total_counts=None,
     return split
 
 
+def poisson_unroll_for(background, exposure, split_mean: float, match_total_counts=None,
+                       filler=None, max_unfinished: float = 1e-5) -> int:
+    r"""Unrolled steps of the background Poisson walk (:func:`survey_sky.poisson_image`'s
+    ``n_unroll``) for a map: the fewest (at least 4, at most the walk's default bulk) for
+    which the expected number of pixels per map drawn beyond them,
+    :math:`\sum_p P(X \ge n \mid \min(\lambda_p, L))`, is at most ``max_unfinished``, with
+    the largest means the rescaling can give (:func:`background_mean_bound`'s map).  A map
+    with such a draw is redrawn with the walk's loop (same image, exact;
+    :func:`simulate_and_detect` reruns its chunk), and the first such rerun of a call
+    compiles that variant (~13-20 s, in each worker process), so the bound is per map and
+    small: 1e-5 gives 15 steps instead of 16 on the NEP-like 3-24 keV field and 9-12 in the
+    sub-bands (a 1e-3 bound, 13 steps, cost a 20 s compilation in a 2048-simulation run)."""
+    from scipy.stats import poisson
+
+    from ..simulate.nustar_campaign import _walk_lengths
+
+    lam = _largest_background(background, exposure, match_total_counts, filler)
+    lam = np.minimum(np.asarray(lam, np.float64).ravel(), float(split_mean))
+    lam = lam[lam > 0]
+    bulk = _walk_lengths(float(split_mean))[0]
+    for n in range(4, bulk):
+        if float(np.sum(poisson.sf(n - 1, lam))) <= max_unfinished:
+            return n
+    return bulk
+
+
+def _largest_background(background, exposure, match_total_counts=None, filler=None):
+    good = jnp.asarray(exposure) > 0
+    bkg = jnp.where(good, jnp.asarray(background, jnp.float64), 0.0)
+    if match_total_counts is not None:
+        bkg = survey_sky.rescaled_background(
+            bkg, good, jnp.asarray(match_total_counts, jnp.float64), filler)
+    return bkg
+
+
 def background_mean_bound(background, exposure, match_total_counts=None, filler=None) -> float:
     """Largest background mean per pixel that
     :func:`~bkgjax.simulate.survey_sky.simulate_sky_events` can draw for this map: the
     rescaling factor is largest with no source photons, ``(target - sum(B - F)) / sum(F)``
     for the filler F (or ``target / sum(B)`` without one).  When it is below the Poisson
     split mean the bright-pixel list of :func:`survey_sky.poisson_image` is not needed."""
-    good = jnp.asarray(exposure) > 0
-    bkg = jnp.where(good, jnp.asarray(background, jnp.float64), 0.0)
-    if match_total_counts is not None:
-        bkg = survey_sky.rescaled_background(
-            bkg, good, jnp.asarray(match_total_counts, jnp.float64), filler)
-    return float(jnp.max(bkg))
+    return float(jnp.max(_largest_background(background, exposure, match_total_counts, filler)))
 
 
 def simulation_keys(key, n_sims: int, first_simulation: int = 0):
@@ -866,9 +909,22 @@ def _run_plan_chunk(plan: _ChunkPlan, arrays, first: int, size: int, devices=Non
 _WORKER_PLAN = {}  # per worker process: the plan and images sent by _pool_init
 
 
-def _pool_init(plan: _ChunkPlan, arrays):
+def _pool_init(plan: _ChunkPlan, arrays, counter=None, cpus=None):
     # a worker process of simulate_and_detect(processes > 1): CPU only (each worker would
-    # otherwise claim the whole accelerator), 64-bit as in the parent (bkgjax's import)
+    # otherwise claim the whole accelerator), 64-bit as in the parent (bkgjax's import).
+    # With a core per worker (``cpus``), worker i is pinned to cpus[i] before its XLA
+    # backend starts (at the first array below): two pinned workers on the two cores of the
+    # test machine ran ~21-24 ms per simulation each, i.e. ~11 ms per simulation together,
+    # where unpinned workers, whose XLA thread pools (four threads on two cores) contended,
+    # took 24 ms per simulation together.  (Turning XLA's Eigen threads off as well made
+    # no difference to the speed but changed DET_ML in the last bit against processes=1.)
+    import os
+
+    if counter is not None and cpus:
+        with counter.get_lock():
+            index = counter.value
+            counter.value += 1
+        os.sched_setaffinity(0, {cpus[index % len(cpus)]})
     jax.config.update("jax_platforms", "cpu")
     jax.config.update("jax_enable_x64", True)
     _WORKER_PLAN["plan"] = plan
@@ -893,8 +949,12 @@ def default_batching(platform: str, n_sims: int, n_pixels: int, n_devices: int =
                      memory_fraction: float = 0.4) -> tuple[int, int]:
     """``(batch_size, batches_per_chunk)`` for :func:`simulate_and_detect` when not given.
 
-    CPU (``platform == "cpu"``): (4, 2), small batches (XLA:CPU gains nothing from wider
-    vmaps; memory stays ~1.2 GB).  Accelerators are latency-bound at small batches (an H200
+    CPU (``platform == "cpu"``): batches of 4 (XLA:CPU gains nothing from wider vmaps;
+    memory stays ~1.2 GB), 16 per chunk from 512 simulations on and 2 below (a chunk is one
+    call with a fixed cost, and the worker processes of ``processes > 1`` receive whole
+    chunks: on the 2-core test machine two workers took 8.0-9.4 ms per simulation with
+    chunks of 4 x 16 against 14.8 ms with 4 x 2; short runs keep small chunks, which pad
+    less).  Accelerators are latency-bound at small batches (an H200
     takes 42 ms per simulation at batch 16 but 0.75 ms at 4096), so one batch per chunk, as
     wide as ``memory_fraction`` of the device memory allows
     (:data:`ACCELERATOR_BYTES_PER_SIM_PIXEL` per simulation and pixel; 16 GiB assumed when
@@ -903,7 +963,7 @@ def default_batching(platform: str, n_sims: int, n_pixels: int, n_devices: int =
     chunk of 1200 rather than two of 1024).
     """
     if platform == "cpu":
-        return 4, 2
+        return 4, (16 if int(n_sims) >= 512 else 2)
     memory = float(device_memory_bytes) if device_memory_bytes else 16.0 * 2**30
     cap = int(memory_fraction * memory // (ACCELERATOR_BYTES_PER_SIM_PIXEL * max(n_pixels, 1)))
     cap = max(1, min(MAX_ACCELERATOR_BATCH, cap))
@@ -932,15 +992,17 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     :func:`sharded_chunk_runner` over the devices); memory is bounded by the chunk; a tqdm bar
     runs over the chunks; the last chunk is padded (fixed shapes, no recompilation).
     ``batch_size`` and ``batches_per_chunk`` default to :func:`default_batching` for the
-    devices' platform (CPU: 4 x 2; a GPU: one batch per chunk, as wide as its memory allows).
+    devices' platform (CPU: 4 x 16, or 4 x 2 below 512 simulations; a GPU: one batch per
+    chunk, as wide as its memory allows).
 
     ``processes > 1`` (CPU only): the chunks run in that many worker processes (``spawn``;
-    each compiles the program once and holds its own ~1.0 GB), which is how the cores of a
-    CPU host are used: XLA:CPU runs this program on about one core, and two executions of it
-    in one process (two host devices or two threads) hang XLA:CPU 0.10.  It pays off on
-    long calls only: on the 2-core test machine with the NEP-like field two workers took
-    17.8 ms per simulation against 26 ms in one process, but started in ~27 s against a
-    ~13 s compilation, so they gain from ~2000 simulations per call on.  Scripts that use it
+    each compiles the program once and holds its own ~1.2 GB; each pinned to its own core
+    when the host has as many), which is how the cores of a CPU host are used: XLA:CPU runs
+    this program on little more than one core, and two executions of it in one process (two
+    host devices or two threads) hang XLA:CPU 0.10.  It pays off on long calls only: on the
+    2-core test machine with the NEP-like field two workers took 9.3 ms per simulation
+    against 15.3 ms in one process (chunks of 4 x 16), but started in ~20 s against an
+    ~11 s compilation, so they gain from ~1500-2000 simulations per call on.  Scripts that use it
     need the usual ``if __name__ == "__main__":`` guard of :mod:`multiprocessing`.  Same
     results as ``processes=1``.
 
@@ -994,6 +1056,10 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     if "max_bright_pixels" not in config and background_mean_bound(
             background, exposure, match_total_counts, filler) <= config["poisson_split_mean"]:
         config["max_bright_pixels"] = 0  # no background mean can exceed the split
+    if "poisson_unroll" not in config:
+        config["poisson_unroll"] = poisson_unroll_for(background, exposure,
+                                                      config["poisson_split_mean"],
+                                                      match_total_counts, filler)
     devices = tuple(jax.devices() if devices is None else devices)
     n_dev = len(devices) if shard and processes == 1 else 1
     if batch_size is None or batches_per_chunk is None:
@@ -1043,12 +1109,16 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     else:
         import concurrent.futures as cf
         import multiprocessing
+        import os
 
-        with cf.ProcessPoolExecutor(min(processes, len(firsts)),
-                                    mp_context=multiprocessing.get_context("spawn"),
-                                    initializer=_pool_init,
-                                    initargs=(plan, tuple(np.asarray(a) for a in arrays))
-                                    ) as pool:
+        context = multiprocessing.get_context("spawn")
+        n_workers = min(processes, len(firsts))
+        # one core per worker when there are enough (see _pool_init); else the OS schedules
+        cpus = sorted(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else []
+        cpus = cpus if len(cpus) >= n_workers else None
+        with cf.ProcessPoolExecutor(n_workers, mp_context=context, initializer=_pool_init,
+                                    initargs=(plan, tuple(np.asarray(a) for a in arrays),
+                                              context.Value("i", 0), cpus)) as pool:
             futures = [pool.submit(_pool_chunk, first, chunk) for first in firsts]
             for future in cf.as_completed(futures):
                 future.result()  # a worker's error surfaces here, at once

@@ -365,7 +365,8 @@ POISSON_SPLIT_MEAN = 8.0
 
 
 def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: int = 16384,
-                  finish_tail: bool = True, n_unroll: int | None = None):
+                  finish_tail: bool = True, n_unroll: int | None = None, dtype=jnp.float64,
+                  uniform_bits: int = 64):
     r"""Exact Poisson realisation of an image of means, fast on CPU.
 
     :math:`\mathrm{Poisson}(\lambda) = \mathrm{Poisson}(\min(\lambda, L)) +
@@ -383,7 +384,15 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     image elsewhere) when it is not 0.  The loop's carried full-size arrays break the
     kernel's fusion: without it the draw is ~2x faster on XLA:CPU.
 
-    Returns (counts as float64, number of pixels above L, n_unfinished); more than
+    ``uniform_bits``: 64, one ``jax.random.uniform`` float64 per pixel (two 32-bit random
+    words); 32 (the simulation engine), one 32-bit word :math:`w` per pixel and
+    :math:`u = (w + 1/2)\,2^{-32}` (the two halves of ``n/2`` 64-bit words): half the random
+    numbers (threefry is most of the cost of the draw on a CPU), and every Poisson
+    probability is still reproduced to
+    :math:`2^{-32} = 2.3\times10^{-10}`.
+
+    Returns (counts as ``dtype``: float64, or ``jnp.int32`` for the simulations, number of
+    pixels above L, n_unfinished); more than
     ``max_bright`` pixels above L would leave the excess of the others undrawn
     (``max_bright=0``: no list, for callers that know that no mean exceeds L), so callers
     must check that number (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`
@@ -393,26 +402,37 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     lam = jnp.asarray(lam, jnp.float64)
     k_u, k_b = jax.random.split(key)
     small = jnp.minimum(lam, split_mean)
-    u = jax.random.uniform(k_u, lam.shape, dtype=jnp.float64)
+    if uniform_bits == 32:
+        # both halves of 64-bit words: JAX's (partitionable) threefry spends one block per
+        # element whatever its width, so 32-bit draws would cost as much as 64-bit ones
+        n = lam.size
+        words = jax.random.bits(k_u, ((n + 1) // 2,), jnp.uint64)
+        halves = jnp.concatenate([(words >> 32).astype(jnp.uint32), words.astype(jnp.uint32)])
+        u = (halves[:n].reshape(lam.shape).astype(jnp.float64) + 0.5) * 2.0**-32
+    elif uniform_bits == 64:
+        u = jax.random.uniform(k_u, lam.shape, dtype=jnp.float64)
+    else:
+        raise ValueError(f"poisson_image: uniform_bits must be 32 or 64, got {uniform_bits!r}")
     bulk, j_max = _walk_lengths(split_mean)
     n_unroll = bulk if n_unroll is None else int(n_unroll)
     if finish_tail:
-        counts = _walk(u, small, n_unroll, max(j_max, n_unroll)).astype(jnp.float64)
+        counts = _walk(u, small, n_unroll, max(j_max, n_unroll)).astype(dtype)
         n_unfinished = jnp.asarray(0, jnp.int32)
     else:
         k, _, c = _walk_unrolled(u, small, n_unroll)
-        counts = k.astype(jnp.float64)
+        counts = k.astype(dtype)
         n_unfinished = jnp.sum(u > c, dtype=jnp.int32)
     excess = (lam - small).ravel()
     bright = excess > 0
-    n_bright = jnp.sum(bright).astype(jnp.int32)
+    # summed in int32: an int64 sum made XLA:CPU write the converted mask (8 bytes per pixel)
+    n_bright = jnp.sum(bright, dtype=jnp.int32)
     if max_bright == 0:  # the caller guarantees lam <= split_mean (n_bright reports a breach)
         return counts, n_bright, n_unfinished
     n_pix = excess.size
     size = int(min(n_pix, max_bright))
     idx = compact_indices(bright, size)
     mean = jnp.where(idx < n_pix, excess[jnp.minimum(idx, n_pix - 1)], 0.0)
-    extra = jax.random.poisson(k_b, mean).astype(jnp.float64)
+    extra = jax.random.poisson(k_b, mean).astype(dtype)
     counts = counts.ravel().at[idx].add(extra, mode="drop").reshape(lam.shape)
     return counts, n_bright, n_unfinished
 
@@ -437,7 +457,8 @@ def psf_radius_quantiles(psf=None, radius_arcsec: float = 150.0, n_grid: int = 4
 
 
 def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float, psf=None,
-                        psf_radius_arcsec: float = 150.0, block: int = SOURCE_EVENT_BLOCK):
+                        psf_radius_arcsec: float = 150.0, block: int = SOURCE_EVENT_BLOCK,
+                        dtype=jnp.float64):
     r"""Poisson counts image of the catalogue's sources, photon by photon.
 
     Source *i* emits :math:`n_i \sim \mathrm{Poisson}(\mu_i\,\mathrm{EEF}(r_{max}))` photons
@@ -453,8 +474,8 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
     ``lax.while_loop`` that runs until all are drawn, so the shapes are fixed, nothing is
     truncated and the number of photons never triggers a recompilation (under ``vmap`` the
     loop runs to the largest count of the batch; block *j* draws its uniforms from
-    ``fold_in(key, j)``, so the image depends on ``block``).  Returns (image, photons drawn,
-    photons on exposed pixels)."""
+    ``fold_in(key, j)``, so the image depends on ``block``).  Returns (image as ``dtype``,
+    photons drawn, photons on exposed pixels)."""
     from jax import lax
 
     if not isinstance(block, (int, np.integer)) or block < 1:
@@ -490,10 +511,10 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
         inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
         flat = jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1)
         keep = (slot < n_total) & inside & good_flat[flat]
-        image = image.at[jnp.where(keep, flat, n_pix)].add(1.0, mode="drop")
+        image = image.at[jnp.where(keep, flat, n_pix)].add(jnp.ones((), dtype), mode="drop")
         return j + 1, image, n_kept + jnp.sum(keep, dtype=jnp.int32)
 
-    init = (jnp.asarray(0, jnp.int32), jnp.zeros(n_pix, jnp.float64),
+    init = (jnp.asarray(0, jnp.int32), jnp.zeros(n_pix, dtype),
             jnp.asarray(0, jnp.int32))
     _, image, n_kept = lax.while_loop(lambda st: st[0] * block < n_total, place, init)
     return image.reshape(h, w), n_total, n_kept
@@ -505,7 +526,8 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
                         psf_radius_arcsec: float = 150.0, filler=None,
                         poisson_split_mean: float | None = None,
                         event_block: int = SOURCE_EVENT_BLOCK, max_bright: int = 4096,
-                        finish_poisson_tail: bool = True, poisson_unroll: int | None = None):
+                        finish_poisson_tail: bool = True, poisson_unroll: int | None = None,
+                        dtype=jnp.float64, uniform_bits: int = 64):
     r"""One mock sky with the sources drawn photon by photon: ``(counts image,
     SkyCatalogue)``; the engine of
     :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`.
@@ -522,24 +544,25 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
       expected total is the target given the sources, as in the paper (sec. 3.1).
 
     The background part is drawn by :func:`poisson_image` (``finish_poisson_tail`` and
-    ``poisson_unroll`` are its ``finish_tail`` and ``n_unroll``).
+    ``poisson_unroll`` are its ``finish_tail`` and ``n_unroll``; ``uniform_bits`` is its own).
     ``SkyCatalogue.n_source_events`` holds the photons drawn (``event_block`` at a time),
     ``n_bright_pixels`` the background pixels above the split (must be <= ``max_bright``)
-    and ``n_unfinished_pixels`` the draws left unfinished (must be 0)."""
+    and ``n_unfinished_pixels`` the draws left unfinished (must be 0).  The counts image is
+    ``dtype`` (float64; ``jnp.int32`` in the simulation engine, half the memory traffic)."""
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
     background = jnp.asarray(background, dtype=jnp.float64)
     good = exposure > 0
     k_cat, k_src, k_bkg = jax.random.split(key, 3)
     cat = draw_catalogue(k_cat, exposure, pixel_scale_arcsec, band, lognlogs, max_sources)
     src, n_events, n_src_good = source_events_image(k_src, cat, good, pixel_scale_arcsec, psf,
-                                                    psf_radius_arcsec, event_block)
+                                                    psf_radius_arcsec, event_block, dtype)
     bkg = jnp.where(good, background, 0.0)
     if match_total_counts is not None:
         bkg = rescaled_background(bkg, good, jnp.asarray(match_total_counts, jnp.float64)
                                   - n_src_good, filler)
     counts, n_bright, n_unfinished = poisson_image(
         k_bkg, bkg, POISSON_SPLIT_MEAN if poisson_split_mean is None else poisson_split_mean,
-        max_bright, finish_poisson_tail, poisson_unroll)
-    counts = jnp.where(good, counts + src, 0.0)
+        max_bright, finish_poisson_tail, poisson_unroll, dtype, uniform_bits)
+    counts = jnp.where(good, counts + src, jnp.zeros((), dtype))
     return counts, cat._replace(n_bright_pixels=n_bright, n_source_events=n_events,
                                 n_unfinished_pixels=n_unfinished)

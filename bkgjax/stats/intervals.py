@@ -186,11 +186,11 @@ def log_false_probability(counts, background):
     return jnp.where(tiny, asymptotic, jnp.log(jnp.where(tiny, 1.0, p)))
 
 
-def log_false_probability_series(counts, background, n_terms: int):
+def log_false_probability_series(counts, background, n_terms: int, block: int = 8):
     r""":math:`\ln P(C, B)` (eq. 1) from the first ``n_terms`` + 1 terms of the series
 
     .. math:: P(C, B) = \frac{B^C e^{-B}}{\Gamma(C+1)}\,S,\qquad
-              S = \sum_{j\ge0} t_j,\quad t_0 = 1,\quad t_j = t_{j-1}\frac{B}{C+j}
+              S = \sum_{j=0}^{N} t_j,\quad t_0 = 1,\quad t_j = t_{j-1}\frac{B}{C+j}
 
     (Abramowitz & Stegun 6.5.29; Numerical Recipes ``gser``), summed in log space, so it
     neither underflows nor needs the asymptotic branch of :func:`log_false_probability`.
@@ -198,22 +198,68 @@ def log_false_probability_series(counts, background, n_terms: int):
     :math:`t_N / (1 - B/(C+N+1))` relative to S: choose ``n_terms`` (static) with
     :func:`false_probability_series_terms` for the smallest C and the largest B that will be
     evaluated.  Unlike XLA's incomplete gamma (series *and* continued fraction, each iterated
-    until the slowest lane converges) this is a fixed, fused loop: about 4x faster on a
-    screened list of survey pixels (``survey_vectorised``), equal to SciPy to ~1e-13.
+    until the slowest lane converges) this is a fixed computation, equal to SciPy to ~1e-13.
     Meant for :math:`B < C` (every pixel that can reach a small P); for :math:`B \ge C` it
-    needs many more terms."""
+    needs many more terms.
+
+    S is evaluated by Horner's rule from the last term, :math:`s_N = 1`,
+    :math:`s_{i-1} = 1 + B s_i / a_i` with :math:`a_i = C + i`, ``block`` (static) steps per
+    division: :math:`s_{i-1} = (A_0 + B(A_1 + B(\dots + B(A_{k-1} + B s_{i+k-1}))))/A_0`
+    with :math:`A_m = \prod_{l=m}^{k-1} a_{i+l}` (all terms positive: no cancellation).  It
+    is one chain of elementwise operations, which XLA fuses into a single kernel, with a
+    quarter of the divisions of the term-by-term sum (2.4x faster on XLA:CPU for the
+    screened pixel list of the NEP-like field, where the loop's per-step kernels had
+    re-read their arrays from memory)."""
     c = jnp.asarray(counts, dtype=jnp.float64)
     b = jnp.asarray(background, dtype=jnp.float64)
     leading = c * jnp.log(b) - b - gammaln(c + 1.0)
+    n_terms = int(n_terms)
+    block = max(1, int(block))
 
-    def body(j, state):
-        term, total = state
-        term = term * b / (c + j.astype(jnp.float64))
-        return term, total + term
+    def steps(s, first, k):
+        # s_{first-1} from s_{first+k-1} by k Horner steps: s -> R + G s with
+        # G = B^k / A_0 and R = sum_m B^m A_m / A_0 (the block's steps with s = 0); R and G
+        # do not depend on s, so the only serial dependence between blocks is one
+        # multiply-add (the divisions overlap)
+        prod = None
+        products = []  # A_{k-1}, A_{k-2}, ..., A_0 with A_m = prod_{l >= m} a_{first + l}
+        for step in range(k - 1, -1, -1):
+            a = c + (first + step)
+            prod = a if prod is None else prod * a
+            products.append(prod)
+        q = products[0]  # Horner in B: A_{k-1}, then A_m + B (...)
+        for prod in products[1:]:
+            q = prod + b * q
+        a0 = products[-1]
+        return q / a0 + (b_powers[k] / a0) * s
 
-    one = jnp.ones(jnp.broadcast_shapes(c.shape, b.shape), jnp.float64)
-    _, total = jax.lax.fori_loop(1, int(n_terms) + 1, body, (one, one), unroll=8)
-    return leading + jnp.log(total)
+    b_powers = {1: b}
+    for k in range(2, block + 1):
+        b_powers[k] = b_powers[k - 1] * b
+
+    s = jnp.ones(jnp.broadcast_shapes(c.shape, b.shape), jnp.float64)
+    # long series (high backgrounds): a loop over bodies of `per_loop` steps, so that the
+    # program stays small; the first steps (the remainder) are unrolled
+    per_loop = 8 * block
+    n_loop = n_terms // per_loop if n_terms > _SERIES_UNROLL_MAX else 0
+    i = n_terms  # s = s_i; the steps run i = n_terms, ..., 1
+    while i > n_loop * per_loop:
+        k = min(block, i - n_loop * per_loop)
+        s = steps(s, float(i - k + 1), k)
+        i -= k
+    if n_loop:
+        def body(j, s):
+            top = (n_loop - j) * per_loop  # this body applies a_{top-per_loop+1} .. a_top
+            for m in range(per_loop // block):
+                s = steps(s, (top - (m + 1) * block + 1).astype(jnp.float64), block)
+            return s
+
+        s = jax.lax.fori_loop(0, n_loop, body, s)
+    return leading + jnp.log(s)
+
+
+_SERIES_UNROLL_MAX = 256
+"""Longest series that :func:`log_false_probability_series` unrolls completely."""
 
 
 def false_probability_series_terms(counts_min, background, rtol: float = 1e-15,
