@@ -701,6 +701,12 @@ def test_poisson_unroll_for_bounds_the_unfinished_draws():
     n2 = sv.poisson_unroll_for(bkg, expo, 2.0, match_total_counts=2 * bkg[expo > 0].sum(),
                                max_unfinished=1e-3)
     assert n2 > n
+    bad = bkg.copy()
+    bad[50, 50] = np.nan
+    with pytest.raises(ValueError, match="finite"):
+        sv.poisson_unroll_for(bad, expo, 2.0)
+    with pytest.raises(ValueError, match="same shape"):
+        sv.poisson_unroll_for(bkg[:10], expo, 2.0)
 
 
 def test_poisson_image_without_tail_loop_flags_unfinished_draws():

@@ -823,14 +823,26 @@ def poisson_unroll_for(background, exposure, split_mean: float, match_total_coun
 
     from ..simulate.nustar_campaign import _walk_lengths
 
-    lam = _largest_background(background, exposure, match_total_counts, filler)
-    lam = np.minimum(np.asarray(lam, np.float64).ravel(), float(split_mean))
+    if np.shape(background) != np.shape(exposure):
+        raise ValueError(f"poisson_unroll_for: background {np.shape(background)} and exposure "
+                         f"{np.shape(exposure)} must have the same shape")
+    lam = np.asarray(_largest_background(background, exposure, match_total_counts, filler))
+    if not np.all(np.isfinite(lam)) or np.any(lam < 0):
+        raise ValueError("poisson_unroll_for: the (rescaled) background must be finite and "
+                         ">= 0 on exposed pixels")
+    lam = np.minimum(lam.ravel().astype(np.float64), float(split_mean))
     lam = lam[lam > 0]
     bulk = _walk_lengths(float(split_mean))[0]
-    for n in range(4, bulk):
-        if float(np.sum(poisson.sf(n - 1, lam))) <= max_unfinished:
-            return n
-    return bulk
+    # the expected number beyond n falls with n: bisect for the first n within the bound
+    # (4 evaluations over the map instead of up to 12; ~0.2 s per call had been setup time)
+    lo, hi = 4, bulk  # the answer lies in [lo, hi]; hi (the bulk) is the fallback
+    while lo < hi:
+        mid = (lo + hi) // 2
+        if float(np.sum(poisson.sf(mid - 1, lam))) <= max_unfinished:
+            hi = mid
+        else:
+            lo = mid + 1
+    return lo
 
 
 def _largest_background(background, exposure, match_total_counts=None, filler=None):
