@@ -500,7 +500,7 @@ def main(argv=None) -> int:
     sim.add_argument("--processes", type=int, default=None,
                      help="worker processes on a CPU host, e.g. one per core (default: "
                           "[simulation] processes, 1); same results for any number; their "
-                          "start-up (~30 s) pays off from ~2000 simulations per band")
+                          "start-up (~30 s) pays off from ~2000-3000 simulations per band")
     sim.add_argument("--no-progress", action="store_true")
 
     cat = sub.add_parser("catalogue", help="NuSTAR survey master catalogue merged across bands")

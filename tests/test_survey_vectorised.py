@@ -170,6 +170,48 @@ def test_match_catalogue():
     assert list(np.asarray(f)) == [1.0, 2.0, 0.0, 0.0]
 
 
+def test_match_catalogue_ties_take_the_first_source():
+    """Equidistant sources: the lowest index, as jnp.argmin (the match is written as two
+    plain reductions); invalid sources are skipped even when nearer."""
+    det = jnp.array([[5.0, 5.0], [0.0, 0.0]])
+    src = jnp.array([[5.0, 6.0], [6.0, 5.0], [5.0, 4.0], [0.0, 0.5]])
+    src_valid = jnp.array([True, True, True, False])
+    m, j, _, sep = sv.match_catalogue(det, jnp.array([True, True]), src,
+                                      jnp.arange(4.0), src_valid, 2.0)
+    d2 = np.where(np.asarray(src_valid)[None, :],
+                  np.sum((np.asarray(det)[:, None] - np.asarray(src)[None]) ** 2, -1), np.inf)
+    assert list(np.asarray(j)) == [0, -1] and int(np.argmin(d2[0])) == 0
+    assert list(np.asarray(m)) == [True, False]
+    assert np.asarray(sep)[0] == 1.0 and np.isinf(np.asarray(sep)[1])
+
+
+def test_top_k_by_sort_key_equals_lax_top_k():
+    """The int64-key sort gives lax.top_k's values and positions: random scores with exact
+    ties, -inf padding, negative and positive values, k up to the length."""
+    rng = np.random.default_rng(5)
+    for n, k in ((4096, 512), (1000, 1000), (37, 5), (2, 1)):
+        score = rng.uniform(-50.0, 50.0, n)
+        score[rng.random(n) < 0.3] = -np.inf
+        score[rng.integers(0, n, n // 10 + 1)] = 7.25  # exact ties: lower index first
+        score[rng.integers(0, n, n // 20 + 1)] = -3.0
+        vals, pos = jax.jit(sv.top_k_by_sort_key, static_argnums=1)(jnp.asarray(score), k)
+        ref_vals, ref_pos = jax.lax.top_k(jnp.asarray(score), k)
+        np.testing.assert_array_equal(np.asarray(vals), np.asarray(ref_vals))
+        np.testing.assert_array_equal(np.asarray(pos), np.asarray(ref_pos))
+    # values closer than the key's resolution are ordered by index (documented): here the
+    # later one is larger by one ulp
+    close = jnp.asarray([1.0, np.nextafter(1.0, 2.0)])
+    assert list(np.asarray(sv.top_k_by_sort_key(close, 2)[1])) == [0, 1]
+
+
+def test_count_true_is_exact():
+    """float32 counting of a mask equals the integer count (below 2^24 entries)."""
+    rng = np.random.default_rng(6)
+    for n, fraction in ((403225, 0.999), (403225, 1e-4), (17, 0.5), (2**20 + 3, 1.0)):
+        mask = rng.random(n) < fraction
+        assert int(jax.jit(ss.count_true)(jnp.asarray(mask))) == int(mask.sum())
+
+
 def test_simulate_and_detect_reproducible(field):
     expo, bkg = field
     kw = dict(max_sources=64, max_candidates=32, progress=False)
@@ -644,6 +686,15 @@ def test_tophat_runs_match_direct(radius):
                                np.asarray(sd.tophat_sum(smooth, radius, expo)), rtol=1e-13)
     kernel = sd.tophat_kernel(radius)
     assert sum(2 * half + 1 for _, half in sv.tophat_runs(radius)) == kernel.sum()
+    # the int32 path sums column prefix sums: a column whose total exceeds 2^31 (two bright
+    # pixels far apart) still gives exact sums where each sum fits (int32 wraps mod 2^32)
+    from scipy.signal import convolve2d
+
+    bright = np.zeros((60, 25), np.int64)
+    bright[5, 12] = bright[50, 12] = 1_500_000_000
+    np.testing.assert_array_equal(
+        np.asarray(sv.tophat_sum_runs(bright, radius, integer=True, dtype=jnp.int64)),
+        convolve2d(bright, kernel.astype(np.int64), mode="same"))
 
 
 def test_poisson_image_32_bit_uniforms():

@@ -26,7 +26,9 @@ and chunked with :func:`jax.lax.map` (Zhao et al. 2021 section 3, 1200 simulatio
    greedy suppression of weaker minima closer than that to a kept deeper one (as
    ``find_candidates(min_separation_pix=...)``; :func:`simulate_and_detect` uses the
    aperture radius, like :func:`survey_detection.detect`).
-4. The ``max_candidates`` deepest minima (``lax.top_k``), deepest first, with a valid mask.
+4. The ``max_candidates`` deepest minima (:func:`top_k_by_sort_key`, ``lax.top_k`` by one
+   integer sort: minima whose log P agree to ~1e-12 relative are ranked by pixel index),
+   deepest first, with a valid mask.
 5. DET_ML :math:`= -\ln P` of the 20"-aperture total and background counts at the candidate
    pixel centre (the aperture sums there equal the top-hat sums).
 
@@ -118,8 +120,9 @@ def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = Fal
     narrower one plus two shifted columns), then the sum of the rows' boxes shifted by their
     dy; about 34 shifted additions per pixel for the 20"/2.46" aperture, fused by XLA into
     one pass.  Exact for integer images (no FFT round-off); ``integer=True`` sums in int32
-    (the image must hold integers below 2^31 / kernel size, e.g. counts), ~2x faster than
-    the float64 FFT on XLA:CPU for the NEP-like map.  Returns ``dtype`` (float64; the
+    (the image must hold integers whose top-hat sums stay below 2^31, e.g. counts) from
+    column prefix sums instead (:func:`_tophat_sum_column_prefix`, ~1.4x faster than the
+    row form on XLA:CPU, ~3x faster than the float64 FFT for the NEP-like map).  Returns ``dtype`` (float64; the
     simulations keep ``jnp.int32`` sums, half the memory traffic of a float64 image)."""
     image = jnp.asarray(image)
     if exposure is not None:
@@ -127,6 +130,8 @@ def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = Fal
     image = image.astype(jnp.int32 if integer else jnp.float64)
     h, w = image.shape
     runs = tophat_runs(radius_pix)
+    if integer:
+        return _tophat_sum_column_prefix(image, runs).astype(dtype)
     k = max(max(abs(dy), half) for dy, half in runs)
     padded = jnp.pad(image, k)
     boxes = {}
@@ -137,6 +142,31 @@ def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = Fal
         boxes[half] = box
     total = sum(boxes[half][k + dy:k + dy + h] for dy, half in runs)
     return total.astype(dtype)
+
+
+def _tophat_sum_column_prefix(image, runs):
+    """Integer top-hat sums from column prefix sums: the kernel as vertical runs, one per
+    column offset dx with half-length L(dx), each the difference of two entries of the
+    column-wise cumulative sum V (an associative scan; XLA:CPU's cumsum was ~2x slower than
+    the whole stencil), so 2 loads per kernel column instead of the ~1 per kernel pixel of
+    the fused row-box form.  int32 wraps modulo 2^32, so the differences are exact whenever
+    the sums themselves fit in int32, as in the row form."""
+    h, w = image.shape
+    half_length = {}
+    for dy, half in runs:
+        for dx in range(-half, half + 1):
+            half_length[dx] = max(half_length.get(dx, 0), abs(dy))
+    ky = max(half_length.values())
+    kx = max(abs(dx) for dx in half_length)
+    # one zero row above the image so that V[row - 1] exists for the first run
+    padded = jnp.pad(image, ((ky + 1, ky), (kx, kx)))
+    column_sums = survey_sky.materialised(lax.associative_scan(jnp.add, padded, axis=0))
+    total = jnp.zeros((h, w), image.dtype)
+    for dx, length in sorted(half_length.items()):
+        columns = slice(kx + dx, kx + dx + w)
+        total = total + (column_sums[ky + 1 + length:ky + 1 + length + h, columns]
+                         - column_sums[ky - length:ky - length + h, columns])
+    return total
 
 
 class Detections(NamedTuple):
@@ -221,6 +251,9 @@ def _sparse_log_false_probability(c, b, good, eval_fraction: float,
     return flat.reshape(c.shape), n_needed
 
 
+SERIES_BLOCK = 4096
+"""Screened-list entries per step of the log P series loop (:func:`_screened_minima`)."""
+
 _NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, -1), (0, 1), (1, -1), (1, 0), (1, 1))
 
 
@@ -228,40 +261,71 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
                      threshold_log10p: float):
     r""":math:`\log_{10}P` on the pixels whose counts sum exceeds ``count_limit`` (the only
     ones that can reach the threshold, :func:`survey_detection.false_probability_count_limit`)
-    and the local minima among them, without a full-image pass beyond the screen itself.
+    and the local minima among them; the log P series runs on the list only.
 
     The needed pixels are compacted into a list of ``size`` entries and evaluated with the
     fixed-length series :func:`bkgjax.stats.intervals.log_false_probability_series`
-    (``series_terms`` from :func:`series_terms_for`); every other pixel has
-    :math:`\log_{10}P = 0`, exactly as in the full-map path.  A listed pixel is a local
-    minimum when it is <= its 8 neighbours (those inside the image) and differs from the
-    four earlier in raster order (the plateau rule of :func:`_local_minima`).  Returns
+    (``series_terms`` from :func:`series_terms_for`), in blocks of :data:`SERIES_BLOCK`
+    entries up to the last needed one; every other pixel has :math:`\log_{10}P = 0`,
+    exactly as in the full-map path.  A listed pixel is a local minimum when it is <= its 8
+    neighbours (those inside the image) and differs from the four earlier in raster order
+    (the plateau rule of :func:`_local_minima`), tested in one pass of shifted slices over
+    the map of the listed values.  Returns
     (flat pixel index, log10 P, local-minimum-below-threshold flag) per list entry and the
     number of needed pixels (the list is too short when it exceeds ``size``)."""
     h, w = c.shape
     n_pix = c.size
     need = (good & (c > count_limit)).ravel()
-    n_needed = jnp.sum(need, dtype=jnp.int32)
-    idx = survey_sky.compact_indices(need, size)
+    packed = survey_sky.pack_mask(need)
+    n_needed = packed.inclusive[-1]
+    idx = survey_sky.compact_indices(need, size, packed)
     used = idx < n_pix
     safe = jnp.minimum(idx, n_pix - 1)
-    # unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway
-    lnp = intervals.log_false_probability_series(jnp.where(used, c.ravel()[safe], 2)
-                                                 .astype(jnp.float64),
-                                                 jnp.where(used, b.ravel()[safe], 1.0),
-                                                 series_terms)
+    # the series runs over the list in blocks of SERIES_BLOCK entries, up to the last used
+    # one (the list is in pixel order, its used slots first): ~12k of the 32k entries on
+    # the NEP-like 3-24 keV map.  Under vmap the loop runs to the batch's longest list.
+    # Unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway.
+    c_flat, b_flat = c.ravel(), b.ravel()
+    n_blocks = -(-size // SERIES_BLOCK)
+    padded = n_blocks * SERIES_BLOCK
+    safe_pad = jnp.pad(safe, (0, padded - size))
+    used_pad = jnp.pad(used, (0, padded - size))
+    blocks_needed = (jnp.minimum(n_needed, size) + SERIES_BLOCK - 1) // SERIES_BLOCK
+
+    def series_block(state):
+        j, out = state
+        start = j * SERIES_BLOCK
+        at = lax.dynamic_slice(safe_pad, (start,), (SERIES_BLOCK,))
+        ok = lax.dynamic_slice(used_pad, (start,), (SERIES_BLOCK,))
+        value = intervals.log_false_probability_series(
+            jnp.where(ok, c_flat[at], 2).astype(jnp.float64), jnp.where(ok, b_flat[at], 1.0),
+            series_terms)
+        return j + 1, lax.dynamic_update_slice(out, value, (start,))
+
+    lnp = lax.while_loop(lambda st: st[0] < blocks_needed, series_block,
+                         (jnp.int32(0), jnp.zeros(padded, jnp.float64)))[1][:size]
     logp = jnp.where(used, lnp / _LN10, 0.0)
-    flat = jnp.zeros(n_pix, jnp.float64).at[idx].set(logp, mode="drop", unique_indices=True)
+    # the local-minimum test on the dense map (log10 P of the listed pixels, 0 elsewhere, inf
+    # on a one-pixel border), one fused pass of shifted slices over the image (the same
+    # tests as _local_minima), written as bytes and read at the listed pixels: 8 gathers
+    # of neighbours per listed pixel were ~3x slower on XLA:CPU
+    hp, wp = h + 2, w + 2
+    row = lax.broadcasted_iota(jnp.int32, (hp, wp), 0)
+    col = lax.broadcasted_iota(jnp.int32, (hp, wp), 1)
+    border = (row == 0) | (row == hp - 1) | (col == 0) | (col == wp - 1)
     iy, ix = safe // w, safe % w
-    is_min = used & (logp <= threshold_log10p)
+    at = jnp.where(used, (iy + 1) * wp + ix + 1, hp * wp)
+    padded = (jnp.where(border, jnp.inf, 0.0).ravel()
+              .at[at].set(logp, mode="drop", unique_indices=True).reshape(hp, wp))
+    centre = padded[1:-1, 1:-1]
+    dense_min = centre <= threshold_log10p
     for k, (dy, dx) in enumerate(_NEIGHBOURS):
-        ny, nx = iy + dy, ix + dx
-        inside = (ny >= 0) & (ny < h) & (nx >= 0) & (nx < w)
-        nb = jnp.where(inside, flat[jnp.clip(ny, 0, h - 1) * w + jnp.clip(nx, 0, w - 1)],
-                       jnp.inf)
-        is_min = is_min & (logp <= nb)
+        nb = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
+        dense_min = dense_min & (centre <= nb)
         if k < 4:  # plateau tie-break: no equal neighbour earlier in raster order
-            is_min = is_min & (nb != logp)
+            dense_min = dense_min & (nb != centre)
+    dense_min = survey_sky.materialised(dense_min.astype(jnp.uint8))
+    is_min = used & (dense_min.ravel()[safe] == 1)
     return safe, logp, is_min, n_needed
 
 
@@ -286,6 +350,26 @@ def _local_minima(logp):
         nb = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
         is_min = is_min & (nb != logp)
     return is_min
+
+
+def top_k_by_sort_key(score, k: int):
+    """``lax.top_k(score, k)`` (1-D float64; largest first, the lower index first among
+    equal values) by one sort of int64 keys: the float's bits made monotone, their lowest
+    ceil(log2 n) bits replaced by the reversed index.  XLA:CPU sorts a single integer
+    array ~7x faster than the (value, index) pairs of ``top_k``.  Values that agree to
+    ~2^-(52 - log2 n) relative (9e-13 for the 4096-entry candidate list, well below the
+    ~1e-13 x |log P| accuracy of the screened series) are ordered by index instead of by
+    value; the returned values are the exact inputs."""
+    n = score.shape[-1]
+    index_bits = max(1, (n - 1).bit_length())
+    low = (1 << index_bits) - 1
+    bits = lax.bitcast_convert_type(jnp.asarray(score, jnp.float64), jnp.int64)
+    # negative floats: flip the magnitude bits so that the int64 order is the float order
+    monotone = jnp.where(bits >= 0, bits, bits ^ jnp.int64(0x7FFFFFFFFFFFFFFF))
+    key = (monotone & jnp.int64(~low)) | (low - jnp.arange(n, dtype=jnp.int64))
+    top = jnp.sort(key)[::-1][:k]
+    pos = (low - (top & low)).astype(jnp.int32)
+    return score[pos], pos
 
 
 def _suppress(y, x, valid, min_sep_pix):
@@ -468,21 +552,6 @@ def nnls_fixed(matrix, target, valid, n_iter: int = 16, tol: float = 1e-10):
     return jnp.maximum(solve(active), 0.0)
 
 
-def _materialised(image):
-    """``image``, written to a buffer that XLA cannot fuse into its consumers.
-
-    XLA:CPU removes ``lax.optimization_barrier`` before fusion, and it duplicated the 20"
-    stencil into both of its consumers (the screen's bit packing, a reduction, and the list
-    gather), each ~4x slower than the stencil alone.  A dynamic-update-slice at an offset
-    that XLA cannot prove to be 0 (min of the first value and 0) is a fusion root that
-    consumers read from memory.  The offset is <= 0 for any value and dynamic_update_slice
-    clamps it to 0, so the result is always ``image``."""
-    zero = jnp.minimum(image.ravel()[0], 0).astype(jnp.int32)
-    buffer = jnp.zeros((image.shape[0] + 1,) + image.shape[1:], image.dtype)
-    start = (zero,) + (jnp.int32(0),) * (image.ndim - 1)
-    return lax.dynamic_update_slice(buffer, image, start)[:-1]
-
-
 def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates: int,
                  threshold_log10p: float = ns.DETECTION_LOG10P,
                  min_separation_pix: float = 0.0, *, deblend: bool = False,
@@ -520,7 +589,7 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     if integer_counts:
         # int32 sums (exact); compared with the float64 count limit in the fused screen and
         # converted only where gathered
-        c = _materialised(tophat_sum_runs(counts, radius_pix, exposure, integer=True,
+        c = survey_sky.materialised(tophat_sum_runs(counts, radius_pix, exposure, integer=True,
                                           dtype=jnp.int32))
     else:
         counts = jnp.asarray(counts, dtype=jnp.float64)
@@ -557,11 +626,11 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     # whole list; n_minima > n_gather is reported (Detections.minima_overflow)
     n_cand = cand.size
     n_gather = min(n_cand, max(8 * pre_k, 1024))
-    n_minima = jnp.sum(cand).astype(jnp.int32)
+    n_minima = survey_sky.count_true(cand)
     cidx = survey_sky.compact_indices(cand, n_gather)
     cscore = jnp.where(cidx < n_cand, score_of[jnp.minimum(cidx, n_cand - 1)], -jnp.inf)
     k = min(pre_k, n_gather)
-    vals, pos = lax.top_k(cscore, k)
+    vals, pos = top_k_by_sort_key(cscore, k)
     idx = pixel_of[jnp.minimum(cidx[pos], n_cand - 1)]
     log10p_at = -vals
     if k < pre_k:  # pad (tiny images)
@@ -573,7 +642,11 @@ def detect_fixed(counts, background, exposure, radius_pix: float, max_candidates
     if min_separation_pix > 0:
         valid = _suppress(iy.astype(jnp.float64), ix.astype(jnp.float64), valid,
                           float(min_separation_pix))
-        order = jnp.argsort(~valid, stable=True)[:max_candidates]  # deepest-first kept
+        # the kept ones first, each group in list (deepest-first) order: the stable argsort
+        # of ~valid, as one sort of integer keys (fast on XLA:CPU)
+        n_list = valid.shape[0]
+        order = jnp.sort(jnp.where(valid, 0, n_list) + jnp.arange(n_list))[:max_candidates]
+        order = order % n_list
         valid, iy, ix, log10p_at = valid[order], iy[order], ix[order], log10p_at[order]
     y = iy.astype(jnp.float64)
     x = ix.astype(jnp.float64)
@@ -618,7 +691,12 @@ def match_catalogue(det_xy, det_valid, src_xy, src_flux, src_valid, radius_pix: 
     d2 = ((det_xy[:, None, 0] - src_xy[None, :, 0]) ** 2
           + (det_xy[:, None, 1] - src_xy[None, :, 1]) ** 2)
     d2 = jnp.where(src_valid[None, :], d2, jnp.inf)
-    j = jnp.argmin(d2, axis=1)
+    # argmin as two plain reductions (the first index at the minimum, as argmin): XLA:CPU's
+    # variadic (value, index) reduction was ~3x slower
+    n_src = d2.shape[1]
+    nearest = jnp.min(d2, axis=1)
+    j = jnp.min(jnp.where(d2 == nearest[:, None], jnp.arange(n_src, dtype=jnp.int32), n_src - 1),
+                axis=1)
     best = jnp.where(src_valid[j], jnp.sum((det_xy - src_xy[j]) ** 2, axis=-1), jnp.inf)
     matched = det_valid & (best <= radius_pix**2)
     flux = jnp.where(matched, jnp.asarray(src_flux)[j], 0.0)
@@ -700,8 +778,8 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
         event_block=cfg.source_event_block, max_bright=cfg.max_bright_pixels,
         finish_poisson_tail=cfg.finish_poisson_tail, poisson_unroll=cfg.poisson_unroll,
         dtype=jnp.int32, uniform_bits=cfg.background_uniform_bits)
-    # keep XLA from fusing the generation (the Poisson walk) into the detection's stencil
-    counts = _materialised(counts)
+    # the Poisson walk is written to memory inside poisson_image (materialised), so XLA
+    # cannot fuse it into the detection's stencil; the sum with the source image can be
     bkg = jnp.where(exposure > 0, background, 0.0)
     # detection uses the given background map (as the paper uses its background mosaics),
     # whose 20" sums and count screen are computed once per map (detection_background)
@@ -793,16 +871,17 @@ def poisson_split_for(background, match_total_counts=None,
                       max_background_pixels: int = 2048) -> float:
     """:func:`survey_sky.poisson_image` split mean for a background map (scaled up to
     ``match_total_counts`` if that is larger than its sum, as the filler may be): the smallest
-    power of two >= 2 above which at most ``max_background_pixels`` background pixels lie, so
-    that the per-pixel CDF walk is short (16 steps at 2 counts; 1.25x faster than at 8 on the
-    NEP-like field) and the separate list of 16384 bright pixels holds the source cores.
+    power of two >= 2 (and <= 256) above which at most ``max_background_pixels`` background
+    pixels lie, so that the per-pixel CDF walk is short (16 steps at 2 counts; 1.25x faster
+    than at 8 on the NEP-like field) and the separate list of 16384 bright pixels holds the source cores.
     :func:`simulate_and_detect` uses this value; pass it to :func:`survey_sky.simulate_sky`
     to regenerate one of its maps."""
     values = np.asarray(background, dtype=np.float64).ravel()
     if match_total_counts is not None:
         values = values * max(1.0, float(match_total_counts) / max(float(values.sum()), 1e-300))
     split = 2.0
-    while np.count_nonzero(values > split) > max_background_pixels:
+    # at most 256 (poisson_image needs exp(split) finite; brighter pixels go to its list)
+    while np.count_nonzero(values > split) > max_background_pixels and split < 256.0:
         split *= 2.0
     return split
 
@@ -964,8 +1043,9 @@ def default_batching(platform: str, n_sims: int, n_pixels: int, n_devices: int =
     CPU (``platform == "cpu"``): batches of 4 (XLA:CPU gains nothing from wider vmaps;
     memory stays ~1.2 GB), 16 per chunk from 512 simulations on and 2 below (a chunk is one
     call with a fixed cost, and the worker processes of ``processes > 1`` receive whole
-    chunks: on the 2-core test machine two workers took 8.0-9.4 ms per simulation with
-    chunks of 4 x 16 against 14.8 ms with 4 x 2; short runs keep small chunks, which pad
+    chunks: on the 2-core test machine two workers of the 20:05 UTC engine took 8.0-9.4 ms
+    per simulation with chunks of 4 x 16 against 14.8 ms with 4 x 2; short runs keep small
+    chunks, which pad
     less).  Accelerators are latency-bound at small batches (an H200
     takes 42 ms per simulation at batch 16 but 0.75 ms at 4096), so one batch per chunk, as
     wide as ``memory_fraction`` of the device memory allows
@@ -1012,9 +1092,9 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     when the host has as many), which is how the cores of a CPU host are used: XLA:CPU runs
     this program on little more than one core, and two executions of it in one process (two
     host devices or two threads) hang XLA:CPU 0.10.  It pays off on long calls only: on the
-    2-core test machine with the NEP-like field two workers took 9.3 ms per simulation
-    against 15.3 ms in one process (chunks of 4 x 16), but started in ~20 s against an
-    ~11 s compilation, so they gain from ~1500-2000 simulations per call on.  Scripts that use it
+    2-core test machine with the NEP-like field two workers took 4.7-6.5 ms per simulation
+    against 9-13 ms in one process (chunks of 4 x 16), but started in ~25 s against an
+    ~12 s compilation, so they gain from ~2500-3000 simulations per call on.  Scripts that use it
     need the usual ``if __name__ == "__main__":`` guard of :mod:`multiprocessing`.  Same
     results as ``processes=1``.
 

@@ -329,16 +329,20 @@ def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     return counts, cat._replace(n_bright_pixels=n_bright)
 
 
-def compact_indices(mask, size: int):
-    """Flat indices of the True entries of ``mask`` in increasing order, padded with
-    ``mask.size`` to ``size`` entries (``jnp.nonzero(mask.ravel(), size=, fill_value=)``).
+class PackedMask(NamedTuple):
+    """A boolean image packed 32 pixels per word (:func:`pack_mask`): ``words`` (uint32),
+    their population counts ``pop`` and its inclusive prefix sum ``inclusive`` (int32),
+    and the number of pixels ``n``."""
 
-    Gather-based, with no pass of the image beyond packing it: the mask is packed into
-    32-bit words (one reduction), their population counts are prefix-summed (n/32 entries),
-    and each output slot s finds its word by a binary search of those sums and its bit as
-    the (s - word start)-th set bit of the word (five popcount steps).  The cost scales with
-    n/32 + ``size``; a prefix sum and scatter over every pixel (or ``jnp.nonzero``) was 3-4x
-    slower on XLA:CPU for the 635 x 635 NEP-like map."""
+    words: jax.Array
+    pop: jax.Array
+    inclusive: jax.Array
+    n: int
+
+
+def pack_mask(mask) -> PackedMask:
+    """Pack ``mask`` (any shape, raveled) into 32-bit words and prefix-sum their population
+    counts: one reduction over the image, then n/32 entries."""
     from jax import lax
 
     flat = jnp.asarray(mask).ravel()
@@ -347,9 +351,31 @@ def compact_indices(mask, size: int):
     bits = jnp.pad(flat, (0, n_words * 32 - n)).reshape(n_words, 32).astype(jnp.uint32)
     words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
     pop = lax.population_count(words).astype(jnp.int32)
-    inclusive = jnp.cumsum(pop)
+    return PackedMask(words, pop, jnp.cumsum(pop), int(n))
+
+
+def compact_indices(mask, size: int, packed: PackedMask | None = None):
+    """Flat indices of the True entries of ``mask`` in increasing order, padded with
+    ``mask.size`` to ``size`` entries (``jnp.nonzero(mask.ravel(), size=, fill_value=)``).
+
+    Gather-based, with no pass of the image beyond packing it: the mask is packed into
+    32-bit words (one reduction, :func:`pack_mask`; pass ``packed`` when it is already
+    packed), their population counts are prefix-summed (n/32 entries), and each output slot
+    s finds its word by a binary search of those sums (unrolled: one fused kernel) and its
+    bit as the (s - word start)-th set bit of the word (five popcount steps).  The cost
+    scales with n/32 + ``size``; a prefix sum and scatter over every pixel (or
+    ``jnp.nonzero``) was 3-4x slower on XLA:CPU for the 635 x 635 NEP-like map."""
+    from jax import lax
+
+    packed = pack_mask(mask) if packed is None else packed
+    n = packed.n
+    words, pop, inclusive = packed.words, packed.pop, packed.inclusive
+    n_words = words.size
     slot = jnp.arange(size, dtype=jnp.int32)
-    word = jnp.minimum(jnp.searchsorted(inclusive, slot, side="right"), n_words - 1)
+    # word of slot s = #{words whose inclusive count <= s}: a histogram of the inclusive
+    # counts, prefix-summed (searchsorted's binary search was a loop of gathers)
+    hist = jnp.zeros(size + 1, jnp.int32).at[inclusive].add(1, mode="drop")
+    word = jnp.minimum(jnp.cumsum(hist[:size]), n_words - 1)
     rank = slot - (inclusive[word] - pop[word])  # which set bit of the word (0-based)
     w = words[word]
     bit = jnp.zeros(size, jnp.uint32)
@@ -358,6 +384,67 @@ def compact_indices(mask, size: int):
         bit = jnp.where(below.astype(jnp.int32) <= rank, bit + step, bit)
     idx = word.astype(jnp.int32) * 32 + bit.astype(jnp.int32)
     return jnp.where(slot < inclusive[-1], idx, jnp.int32(n))
+
+
+def count_true(mask):
+    """Number of True entries of ``mask`` (int32), summed as float32: exact below 2^24
+    entries (every partial sum is an integer below 2^24), and ~2x faster than an integer
+    reduction on XLA:CPU."""
+    if mask.size >= 2**24:
+        return jnp.sum(mask, dtype=jnp.int32)
+    return jnp.sum(mask.astype(jnp.float32)).astype(jnp.int32)
+
+
+def materialised(image):
+    """``image``, written to a buffer that XLA cannot fuse into its consumers.
+
+    XLA:CPU removes ``jax.lax.optimization_barrier`` before fusion, and it duplicated the 20"
+    stencil into both of its consumers (the screen's bit packing, a reduction, and the list
+    gather), each ~4x slower than the stencil alone.  A dynamic-update-slice at an offset
+    that XLA cannot prove to be 0 (min of the first value and 0) is a fusion root that
+    consumers read from memory.  The offset is <= 0 for any value and dynamic_update_slice
+    clamps it to 0, so the result is always ``image``."""
+    zero = jnp.minimum(image.ravel()[0], 0).astype(jnp.int32)
+    buffer = jnp.zeros((image.shape[0] + 1,) + image.shape[1:], image.dtype)
+    start = (zero,) + (jnp.int32(0),) * (image.ndim - 1)
+    return jax.lax.dynamic_update_slice(buffer, image, start)[:-1]
+
+
+def _scaled_walk_unrolled(u, lam, n_unroll: int):
+    r"""The Poisson CDF walk of :func:`~bkgjax.simulate.nustar_campaign._walk_unrolled`
+    scaled by :math:`e^{\lambda}`: :math:`u \le F(j; \lambda)` is tested as
+    :math:`v = u\,e^{\lambda} \le S_j = \sum_{i \le j} \lambda^i/i!`.  The same draws
+    (up to the last-bit rounding of the CDF), but the exponential has one use, so XLA:CPU
+    fuses it into the walk instead of writing :math:`e^{-\lambda}` to memory and reading it
+    back, and each step multiplies by the constant 1/j instead of dividing.  Returns
+    (k, last term, S, v) after ``n_unroll`` terms: k = #{j < n_unroll : v > S_j}."""
+    v = u * jnp.exp(lam)
+    term = jnp.ones_like(lam)
+    partial = term
+    k = (v > partial).astype(jnp.int32)
+    for j in range(1, n_unroll):
+        term = term * (lam * (1.0 / j))
+        partial = partial + term
+        k = k + (v > partial).astype(jnp.int32)
+    return k, term, partial, v
+
+
+def _scaled_walk(u, lam, n_unroll: int, j_max: int):
+    """:func:`_scaled_walk_unrolled`, continued in a while loop until every draw is found
+    (or j_max terms): the exact Poisson quantile of u."""
+    k, term, partial, v = _scaled_walk_unrolled(u, lam, n_unroll)
+
+    def cond(state):
+        j, _, partial, _ = state
+        return (j < j_max) & jnp.any(v > partial)
+
+    def body(state):
+        j, term, partial, k = state
+        term = term * (lam * (1.0 / j.astype(lam.dtype)))
+        partial = partial + term
+        return j + 1, term, partial, k + (v > partial).astype(jnp.int32)
+
+    return jax.lax.while_loop(cond, body, (jnp.int32(n_unroll), term, partial, k))[3]
 
 
 POISSON_SPLIT_MEAN = 8.0
@@ -372,9 +459,10 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     :math:`\mathrm{Poisson}(\lambda) = \mathrm{Poisson}(\min(\lambda, L)) +
     \mathrm{Poisson}(\max(\lambda - L, 0))` (independent Poisson variables add): the first
     term for every pixel by inversion of the CDF with one uniform
-    (:func:`bkgjax.simulate.nustar_campaign.poisson_inverse_cdf`'s walk, a fused elementwise
-    kernel of ``n_unroll`` steps, default the walk's bulk for means up to L: 16 for L = 2,
-    where P(draw >= 16) = 5e-10), the second only for the
+    (:func:`bkgjax.simulate.nustar_campaign.poisson_inverse_cdf`'s walk, scaled by
+    :math:`e^{\lambda}` (:func:`_scaled_walk_unrolled`), a fused elementwise kernel of
+    ``n_unroll`` steps, default the walk's bulk for means up to L: 16 for L = 2, where
+    P(draw >= 16) = 5e-10; L <= 500 so that :math:`e^{L}` stays finite), the second only for the
     few pixels brighter than :math:`L` (source cores), gathered into a list of ``max_bright``
     entries and drawn with ``jax.random.poisson``.
 
@@ -397,8 +485,11 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     (``max_bright=0``: no list, for callers that know that no mean exceeds L), so callers
     must check that number (:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect`
     does)."""
-    from .nustar_campaign import _walk, _walk_lengths, _walk_unrolled
+    from .nustar_campaign import _walk_lengths
 
+    if not 0.0 < float(split_mean) <= 500.0:
+        raise ValueError(f"poisson_image: split_mean must be in (0, 500] (the walk scales by "
+                         f"exp(mean)), got {split_mean!r}")
     lam = jnp.asarray(lam, jnp.float64)
     k_u, k_b = jax.random.split(key)
     small = jnp.minimum(lam, split_mean)
@@ -416,16 +507,20 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     bulk, j_max = _walk_lengths(split_mean)
     n_unroll = bulk if n_unroll is None else int(n_unroll)
     if finish_tail:
-        counts = _walk(u, small, n_unroll, max(j_max, n_unroll)).astype(dtype)
+        counts = _scaled_walk(u, small, n_unroll, max(j_max, n_unroll)).astype(dtype)
         n_unfinished = jnp.asarray(0, jnp.int32)
     else:
-        k, _, c = _walk_unrolled(u, small, n_unroll)
+        k = _scaled_walk_unrolled(u, small, n_unroll)[0]
+        # the walk is written once and read by both consumers: XLA:CPU had fused it into
+        # each (the counts and this count), running it twice.  k counts the CDF terms below
+        # u, so k == n_unroll exactly where u is above the last one (the draw is unfinished)
+        k = materialised(k)
         counts = k.astype(dtype)
-        n_unfinished = jnp.sum(u > c, dtype=jnp.int32)
+        n_unfinished = count_true(k == n_unroll)
     excess = (lam - small).ravel()
     bright = excess > 0
     # summed in int32: an int64 sum made XLA:CPU write the converted mask (8 bytes per pixel)
-    n_bright = jnp.sum(bright, dtype=jnp.int32)
+    n_bright = count_true(bright)
     if max_bright == 0:  # the caller guarantees lam <= split_mean (n_bright reports a breach)
         return counts, n_bright, n_unfinished
     n_pix = excess.size
@@ -499,7 +594,11 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
     def place(state):
         j, image, n_kept = state
         slot = j * block + lane
-        src = jnp.minimum(jnp.searchsorted(cum, slot, side="right"), cum.size - 1)
+        # the source of photon `slot`: #{sources whose cumulative count <= slot}, as a
+        # histogram of the cumulative counts over this block, prefix-summed (the sources
+        # ending before the block count for every lane; searchsorted was a gather loop)
+        ends = jnp.zeros(block + 1, jnp.int32).at[jnp.clip(cum - j * block, 0, block)].add(1)
+        src = jnp.minimum(jnp.cumsum(ends[:block]), cum.size - 1)
         # radius by linear interpolation of the inverse truncated EEF on its regular u grid
         pos = jax.random.uniform(jax.random.fold_in(k_r, j), (block,), jnp.float64) * n_grid
         i = jnp.minimum(jnp.floor(pos).astype(jnp.int32), n_grid - 1)
@@ -509,10 +608,15 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
         px = jnp.floor(cat.x[src] + radius * jnp.cos(angle) + 0.5).astype(jnp.int32)
         py = jnp.floor(cat.y[src] + radius * jnp.sin(angle) + 0.5).astype(jnp.int32)
         inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
-        flat = jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1)
-        keep = (slot < n_total) & inside & good_flat[flat]
-        image = image.at[jnp.where(keep, flat, n_pix)].add(jnp.ones((), dtype), mode="drop")
-        return j + 1, image, n_kept + jnp.sum(keep, dtype=jnp.int32)
+        # the photon's pixel (n_pix: off the image or beyond the last photon) is written
+        # once: XLA:CPU had fused the positions (sin, cos, interpolation) into each of the
+        # three consumers below
+        flat = materialised(jnp.where(inside & (slot < n_total),
+                                      jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1),
+                                      n_pix))
+        target = jnp.where(good_flat[jnp.minimum(flat, n_pix - 1)], flat, n_pix)
+        image = image.at[target].add(jnp.ones((), dtype), mode="drop")
+        return j + 1, image, n_kept + count_true(target < n_pix)
 
     init = (jnp.asarray(0, jnp.int32), jnp.zeros(n_pix, dtype),
             jnp.asarray(0, jnp.int32))
