@@ -25,8 +25,9 @@ profile of both implementations, machine info.  Writes ``results/survey.json``.
     python benchmarks/bench_survey.py --n-sims 128 --n-numpy 8 --batch-size 2
 
 ``--processes-variants 2`` (default) also times ``simulate_and_detect(processes=2)`` (one
-worker process per core; cost per simulation from a run of n and one of 8n, so that the
-workers' start-up and compilation cancel; both wall times are reported).
+worker process per core; cost per simulation from a run of n and one of 16n
+(``--processes-factor``), so that the workers' start-up and compilation cancel; both wall
+times are reported).
 
 The JAX time per simulation includes the once-per-map setup of
 :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` (background sums and the
@@ -374,21 +375,23 @@ def worker_jax(args):
 
 def worker_jax_processes(args, sv, expo, bkg, scale, kw, n, rss_before):
     """``simulate_and_detect(processes=P)``: each call starts P worker processes that import
-    bkgjax and compile (tens of seconds, varying by a few seconds), so the cost per
-    simulation is taken from the difference of a run of n and one of 8n simulations (the
-    start-up cancels; 7n simulations keep its noise small); the wall time of each run,
-    start-up included, is reported too."""
+    bkgjax and compile (~25 s, varying by ~1 s), so the cost per simulation is taken from
+    the difference of a run of n and one of f n simulations (``--processes-factor`` f,
+    default 16: the start-up cancels, and its ~1 s jitter spread over 15 n simulations is
+    ~0.3 ms per simulation at n = 256); the wall time of each run, start-up included, is
+    reported too."""
     kw = dict(kw, processes=args.processes)
+    factor = int(args.processes_factor)
     walls = {}
     res = None
-    for m in (n, 8 * n):
+    for m in (n, factor * n):
         t0 = time.perf_counter()
         res = sv.simulate_and_detect(args.seed, m, expo, bkg, scale, **kw)
         walls[m] = time.perf_counter() - t0
-    per_sim = (walls[8 * n] - walls[n]) / (7 * n)
-    out = {"impl": "jax", "processes": args.processes, "n_sims": [n, 8 * n],
+    per_sim = (walls[factor * n] - walls[n]) / ((factor - 1) * n)
+    out = {"impl": "jax", "processes": args.processes, "n_sims": [n, factor * n],
            "batch_size": args.batch_size, "batches_per_chunk": args.batches_per_chunk,
-           "eval_fraction": args.eval_fraction, "wall_s": [walls[n], walls[8 * n]],
+           "eval_fraction": args.eval_fraction, "wall_s": [walls[n], walls[factor * n]],
            "startup_s": walls[n] - n * per_sim, "per_sim_s": per_sim,
            "n_det_per_sim": float(np.mean(np.sum(res.det_valid, axis=1))),
            "max_rss_mib_parent": _maxrss_mib(),
@@ -567,7 +570,8 @@ def _run_worker(mode, args, extra=()):
            str(args.seed), "--n-sims", str(args.n_sims), "--n-numpy", str(args.n_numpy),
            "--batch-size", str(args.batch_size), "--batches-per-chunk",
            str(args.batches_per_chunk), "--repeat", str(args.repeat), "--numpy-generator",
-           args.numpy_generator, "--processes", str(args.processes), *extra]
+           args.numpy_generator, "--processes", str(args.processes), "--processes-factor",
+           str(args.processes_factor), *extra]
     if args.crop:
         cmd += ["--crop", str(args.crop)]
     if not args.profile:
@@ -602,6 +606,9 @@ def main(argv=None):
     ap.add_argument("--processes-variants", default="2",
                     help="comma-separated simulate_and_detect(processes=P) JAX runs, P > 1 "
                          "('' for none)")
+    ap.add_argument("--processes-factor", type=int, default=16,
+                    help="the worker-process rate is the difference of runs of n and of "
+                         "factor x n simulations (start-up cancels)")
     ap.add_argument("--processes", type=int, default=1, help=argparse.SUPPRESS)
     ap.add_argument("--seed", type=int, default=0)
     ap.add_argument("--crop", type=int, default=None, help="central NxN sub-field (testing)")

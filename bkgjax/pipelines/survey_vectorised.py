@@ -122,7 +122,8 @@ def tophat_sum_runs(image, radius_pix: float, exposure=None, integer: bool = Fal
     one pass.  Exact for integer images (no FFT round-off); ``integer=True`` sums in int32
     (the image must hold integers whose top-hat sums stay below 2^31, e.g. counts) from
     column prefix sums instead (:func:`_tophat_sum_column_prefix`, ~1.4x faster than the
-    row form on XLA:CPU, ~3x faster than the float64 FFT for the NEP-like map).  Returns ``dtype`` (float64; the
+    row form on XLA:CPU, ~3x faster than the float64 FFT for the NEP-like map).  Returns
+    ``dtype`` (float64; the
     simulations keep ``jnp.int32`` sums, half the memory traffic of a float64 image)."""
     image = jnp.asarray(image)
     if exposure is not None:
@@ -695,8 +696,8 @@ def match_catalogue(det_xy, det_valid, src_xy, src_flux, src_valid, radius_pix: 
     # variadic (value, index) reduction was ~3x slower
     n_src = d2.shape[1]
     nearest = jnp.min(d2, axis=1)
-    j = jnp.min(jnp.where(d2 == nearest[:, None], jnp.arange(n_src, dtype=jnp.int32), n_src - 1),
-                axis=1)
+    first = jnp.where(d2 == nearest[:, None], jnp.arange(n_src, dtype=jnp.int32), n_src - 1)
+    j = jnp.min(first, axis=1)
     best = jnp.where(src_valid[j], jnp.sum((det_xy - src_xy[j]) ** 2, axis=-1), jnp.inf)
     matched = det_valid & (best <= radius_pix**2)
     flux = jnp.where(matched, jnp.asarray(src_flux)[j], 0.0)
@@ -779,7 +780,8 @@ def _one_sim(key, exposure, background, match_total, filler, background_sum, cou
         finish_poisson_tail=cfg.finish_poisson_tail, poisson_unroll=cfg.poisson_unroll,
         dtype=jnp.int32, uniform_bits=cfg.background_uniform_bits)
     # the Poisson walk is written to memory inside poisson_image (materialised), so XLA
-    # cannot fuse it into the detection's stencil; the sum with the source image can be
+    # cannot fuse it into the detection's stencil; the sum with the source image is cheap
+    # to recompute there, so the counts image is not written out again
     bkg = jnp.where(exposure > 0, background, 0.0)
     # detection uses the given background map (as the paper uses its background mosaics),
     # whose 20" sums and count screen are computed once per map (detection_background)
@@ -873,7 +875,8 @@ def poisson_split_for(background, match_total_counts=None,
     ``match_total_counts`` if that is larger than its sum, as the filler may be): the smallest
     power of two >= 2 (and <= 256) above which at most ``max_background_pixels`` background
     pixels lie, so that the per-pixel CDF walk is short (16 steps at 2 counts; 1.25x faster
-    than at 8 on the NEP-like field) and the separate list of 16384 bright pixels holds the source cores.
+    than at 8 on the NEP-like field) and the separate list of 16384 bright pixels holds the
+    source cores.
     :func:`simulate_and_detect` uses this value; pass it to :func:`survey_sky.simulate_sky`
     to regenerate one of its maps."""
     values = np.asarray(background, dtype=np.float64).ravel()
