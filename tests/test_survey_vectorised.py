@@ -204,6 +204,24 @@ def test_top_k_by_sort_key_equals_lax_top_k():
     assert list(np.asarray(sv.top_k_by_sort_key(close, 2)[1])) == [0, 1]
 
 
+def test_materialised_is_the_identity():
+    """The fusion barrier returns its input unchanged: integer images with negative and
+    extreme first and last entries (the offsets it reads), 1-D and 2-D, uint8, under jit
+    and vmap; other dtypes are refused."""
+    rng = np.random.default_rng(7)
+    image = rng.integers(-5, 50, (7, 9)).astype(np.int32)
+    image[0, 0], image[-1, -1] = -3, np.iinfo(np.int32).max
+    extreme = (np.arange(12, dtype=np.uint8) * 23).reshape(3, 4)
+    extreme[0, 0], extreme[-1, -1] = 255, 0
+    for x in (image, image.ravel(), (image > 10).astype(np.uint8), np.abs(image), extreme):
+        np.testing.assert_array_equal(np.asarray(jax.jit(ss.materialised)(jnp.asarray(x))), x)
+    batch = jnp.asarray(np.stack([image, -image, image[::-1]]))
+    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(ss.materialised))(batch)),
+                                  np.asarray(batch))
+    with pytest.raises(TypeError, match="integer"):
+        ss.materialised(jnp.ones(3))
+
+
 def test_count_true_is_exact():
     """float32 counting of a mask equals the integer count (below 2^24 entries)."""
     rng = np.random.default_rng(6)

@@ -1095,8 +1095,8 @@ def simulate_and_detect(key, n_sims: int, exposure, background, pixel_scale_arcs
     when the host has as many), which is how the cores of a CPU host are used: XLA:CPU runs
     this program on little more than one core, and two executions of it in one process (two
     host devices or two threads) hang XLA:CPU 0.10.  It pays off on long calls only: on the
-    2-core test machine with the NEP-like field two workers took 4.7-6.5 ms per simulation
-    against 9-13 ms in one process (chunks of 4 x 16), but started in ~25 s against an
+    2-core test machine with the NEP-like field two workers took 5.7-6.6 ms per simulation
+    against 10.5-10.6 ms in one process (chunks of 4 x 16), but started in ~25 s against an
     ~12 s compilation, so they gain from ~2500-3000 simulations per call on.  Scripts that use it
     need the usual ``if __name__ == "__main__":`` guard of :mod:`multiprocessing`.  Same
     results as ``processes=1``.

@@ -401,14 +401,21 @@ def materialised(image):
 
     XLA:CPU removes ``jax.lax.optimization_barrier`` before fusion, and it duplicated the 20"
     stencil into both of its consumers (the screen's bit packing, a reduction, and the list
-    gather), each ~4x slower than the stencil alone.  A dynamic-update-slice at an offset
-    that XLA cannot prove to be 0 (min of the first value and 0) is a fusion root that
-    consumers read from memory.  The offset is <= 0 for any value and dynamic_update_slice
-    clamps it to 0, so the result is always ``image``."""
-    zero = jnp.minimum(image.ravel()[0], 0).astype(jnp.int32)
-    buffer = jnp.zeros((image.shape[0] + 1,) + image.shape[1:], image.dtype)
-    start = (zero,) + (jnp.int32(0),) * (image.ndim - 1)
-    return jax.lax.dynamic_update_slice(buffer, image, start)[:-1]
+    gather), each ~4x slower than the stencil alone.  A dynamic-update-slice is a fusion
+    root that consumers read from memory: here the image's first row (element) rewritten,
+    in place, with the row read at an offset that XLA cannot prove to be the same.  Both
+    offsets are ``x == x + 1`` of an element, false (0) for every integer because integers
+    wrap, so the result is always ``image`` (integer images only), with no extra buffer to
+    fill (a zero-filled copy one row longer, the earlier form, cost ~0.2 ms per 635 x 635
+    int32 image on XLA:CPU)."""
+    if not jnp.issubdtype(image.dtype, jnp.integer):
+        raise TypeError(f"materialised: integer images only, got {image.dtype}")
+    flat = image.ravel()
+    # two offsets that are 0 at run time but that XLA cannot prove equal (or 0)
+    source = (flat[0] == flat[0] + 1).astype(jnp.int32)
+    target = (flat[-1] == flat[-1] + 1).astype(jnp.int32)
+    row = jax.lax.dynamic_slice_in_dim(image, source, 1, axis=0)
+    return jax.lax.dynamic_update_slice_in_dim(image, row, target, axis=0)
 
 
 def _scaled_walk_unrolled(u, lam, n_unroll: int):
