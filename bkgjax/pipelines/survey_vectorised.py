@@ -19,7 +19,7 @@ and chunked with :func:`jax.lax.map` (Zhao et al. 2021 section 3, 1200 simulatio
    by :func:`detection_background`) can reach :math:`P \le 10^{-2.5}`; the exact value is
    computed on those (4 % of the NEP-like 3-24 keV map) and every other pixel gets 0, which
    changes neither the candidates nor their values (``eval_fraction``).
-3. Local minima in 3x3 (``lax.reduce_window``) with :math:`\log_{10}P \le` threshold.  Unlike
+3. Local minima in 3x3 (:func:`_local_minima`) with :math:`\log_{10}P \le` threshold.  Unlike
    :func:`survey_detection.find_candidates` plateaus are not merged into their centroid: of a
    plateau of exactly equal values only pixels with no equal-valued neighbour earlier in
    raster order (above / to the left) are kept.  Optionally (``min_separation_pix`` > 0),
@@ -288,9 +288,9 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
     # Unused slots get (C, B) = (2, 1), which the series handles; they are masked anyway.
     c_flat, b_flat = c.ravel(), b.ravel()
     n_blocks = -(-size // SERIES_BLOCK)
-    padded = n_blocks * SERIES_BLOCK
-    safe_pad = jnp.pad(safe, (0, padded - size))
-    used_pad = jnp.pad(used, (0, padded - size))
+    list_length = n_blocks * SERIES_BLOCK
+    safe_pad = jnp.pad(safe, (0, list_length - size))
+    used_pad = jnp.pad(used, (0, list_length - size))
     blocks_needed = (jnp.minimum(n_needed, size) + SERIES_BLOCK - 1) // SERIES_BLOCK
 
     def series_block(state):
@@ -304,27 +304,17 @@ def _screened_minima(c, b, good, count_limit, series_terms: int, size: int,
         return j + 1, lax.dynamic_update_slice(out, value, (start,))
 
     lnp = lax.while_loop(lambda st: st[0] < blocks_needed, series_block,
-                         (jnp.int32(0), jnp.zeros(padded, jnp.float64)))[1][:size]
+                         (jnp.int32(0), jnp.zeros(list_length, jnp.float64)))[1][:size]
     logp = jnp.where(used, lnp / _LN10, 0.0)
     # the local-minimum test on the dense map (log10 P of the listed pixels, 0 elsewhere, inf
-    # on a one-pixel border), one fused pass of shifted slices over the image (the same
-    # tests as _local_minima), written as bytes and read at the listed pixels: 8 gathers
-    # of neighbours per listed pixel were ~3x slower on XLA:CPU
-    hp, wp = h + 2, w + 2
-    row = lax.broadcasted_iota(jnp.int32, (hp, wp), 0)
-    col = lax.broadcasted_iota(jnp.int32, (hp, wp), 1)
-    border = (row == 0) | (row == hp - 1) | (col == 0) | (col == wp - 1)
+    # on a one-pixel border), written as bytes and read at the listed pixels: 8 gathers of
+    # neighbours per listed pixel were ~3x slower on XLA:CPU
+    wp = w + 2
     iy, ix = safe // w, safe % w
-    at = jnp.where(used, (iy + 1) * wp + ix + 1, hp * wp)
-    padded = (jnp.where(border, jnp.inf, 0.0).ravel()
-              .at[at].set(logp, mode="drop", unique_indices=True).reshape(hp, wp))
-    centre = padded[1:-1, 1:-1]
-    dense_min = centre <= threshold_log10p
-    for k, (dy, dx) in enumerate(_NEIGHBOURS):
-        nb = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        dense_min = dense_min & (centre <= nb)
-        if k < 4:  # plateau tie-break: no equal neighbour earlier in raster order
-            dense_min = dense_min & (nb != centre)
+    at = jnp.where(used, (iy + 1) * wp + ix + 1, (h + 2) * wp)
+    padded = (jnp.pad(jnp.zeros((h, w)), 1, constant_values=jnp.inf).ravel()
+              .at[at].set(logp, mode="drop", unique_indices=True).reshape(h + 2, wp))
+    dense_min = _local_minima_padded(padded) & (padded[1:-1, 1:-1] <= threshold_log10p)
     dense_min = survey_sky.materialised(dense_min.astype(jnp.uint8))
     is_min = used & (dense_min.ravel()[safe] == 1)
     return safe, logp, is_min, n_needed
@@ -342,14 +332,23 @@ def series_terms_for(background_sum, count_limit, rtol: float = 1e-15) -> int:
 
 
 def _local_minima(logp):
-    h, w = logp.shape
-    mins = lax.reduce_window(logp, jnp.inf, lax.min, (3, 3), (1, 1), "SAME")
-    is_min = logp == mins
-    padded = jnp.pad(logp, 1, constant_values=jnp.inf)
-    # plateau tie-break: no equal neighbour earlier in raster order
-    for dy, dx in ((-1, -1), (-1, 0), (-1, 1), (0, -1)):
+    """Pixels <= their 8 neighbours (off-image neighbours ignored) with no equal neighbour
+    earlier in raster order (the plateau tie-break)."""
+    return _local_minima_padded(jnp.pad(logp, 1, constant_values=jnp.inf))
+
+
+def _local_minima_padded(padded):
+    """:func:`_local_minima` of ``padded[1:-1, 1:-1]``, whose one-pixel border holds inf: one
+    fused pass of shifted slices, shared by the full-map and the screened paths (in the
+    latter it replaced per-pixel neighbour gathers, ~3x slower on XLA:CPU)."""
+    h, w = padded.shape[0] - 2, padded.shape[1] - 2
+    centre = padded[1:-1, 1:-1]
+    is_min = jnp.ones((h, w), bool)
+    for k, (dy, dx) in enumerate(_NEIGHBOURS):
         nb = padded[1 + dy:1 + dy + h, 1 + dx:1 + dx + w]
-        is_min = is_min & (nb != logp)
+        is_min = is_min & (centre <= nb)
+        if k < 4:  # plateau tie-break: no equal neighbour earlier in raster order
+            is_min = is_min & (nb != centre)
     return is_min
 
 
