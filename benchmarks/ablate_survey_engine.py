@@ -1,5 +1,5 @@
 """Which of the survey engine's speed changes matter (issue 4): the jitted chunk runner of
-:mod:`bkgjax.pipelines.survey_vectorised` on the NEP-like 3-24 keV field with each change
+:mod:`bkgjax.missions.nustar_survey.engine` on the NEP-like 3-24 keV field with each change
 undone in turn, timed in one process (same keys, after a compiling warm-up call).
 
 Variants:
@@ -32,7 +32,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))  # run from a ch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import numpy as np  # noqa: E402
-
 from common import machine_info, write_json  # noqa: E402
 
 VARIANTS = ("current", "no_materialise", "fft_tophat", "walk_loop", "old_compaction",
@@ -61,11 +60,11 @@ def main(argv=None):
 
     import jax
     import jax.numpy as jnp
+    from bench_survey import load_field
 
     import bkgjax  # noqa: F401  (float64)
-    from bench_survey import load_field
-    from bkgjax.pipelines import survey_vectorised as sv
-    from bkgjax.simulate import survey_sky as ss
+    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import sky as ss
 
     expo, bkg, fcxb, scale = load_field("3-24")
     e, b, f = (jnp.asarray(a) for a in (expo, bkg, fcxb))

@@ -41,16 +41,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-import bkgjax  # noqa: E402,F401  (switches JAX to float64)
-from bkgjax.fit import fit, fit_batch, load  # noqa: E402
-from bkgjax.simulate import fakeit  # noqa: E402
-from bkgjax.spectral import powerlaw  # noqa: E402
 from common import (  # noqa: E402
-    code_version,
     ERANGE,
     SIM_TRUTH,
     START,
+    code_version,
     demo_pha_path,
     machine_info,
     machine_line,
@@ -60,6 +55,11 @@ from common import (  # noqa: E402
     timeit,
     write_json,
 )
+
+import bkgjax  # noqa: E402,F401  (switches JAX to float64)
+from bkgjax.fit import fit, fit_batch, load  # noqa: E402
+from bkgjax.simulate import fakeit  # noqa: E402
+from bkgjax.spectral import powerlaw  # noqa: E402
 
 NAMES = ("PhoIndex", "norm")
 LIMITS = {"PhoIndex": (-3.0, 10.0), "norm": (0.0, None)}

@@ -1,6 +1,6 @@
-"""Benchmark of the hierarchical ISGRI orbit-background model (bkgjax.infer.orbit_background).
+"""Benchmark of the hierarchical ISGRI orbit-background model (bkgjax.missions.isgri.orbit_background).
 
-Data: ``bkgjax.simulate.isgri_mission.simulate_mission`` (issue 5), screened (phase 0.2-0.8,
+Data: ``bkgjax.missions.isgri.mission.simulate_mission`` (issue 5), screened (phase 0.2-0.8,
 exposure >= 700 s), band 25-60 keV, Crab rate from the Appendix-B cubic; the model uses the BKG
 ScWs and the ScWs of the Table-1 Galactic regions (GB, L+20, L-20) -- the other Galactic ScWs
 carry an unknown GRXE and do not enter the likelihood.
@@ -36,18 +36,18 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+from common import code_version, machine_info, write_json  # noqa: E402
 
 import bkgjax  # noqa: E402,F401
-from bkgjax.infer.orbit_background import (  # noqa: E402
+from bkgjax.missions.isgri import instrument as isgri  # noqa: E402
+from bkgjax.missions.isgri.mission import simulate_mission  # noqa: E402
+from bkgjax.missions.isgri.orbit_background import (
     _batch,
     _config,
     fit_orbit_background,
     orbit_background_model,
     orbit_data_from_scws,
 )
-from bkgjax.instruments import isgri  # noqa: E402
-from bkgjax.simulate.isgri_mission import simulate_mission  # noqa: E402
-from common import code_version, machine_info, write_json  # noqa: E402
 
 BAND = "25_60"
 REGIONS = ("GB", "L+20", "L-20")

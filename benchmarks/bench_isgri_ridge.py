@@ -4,10 +4,10 @@ plus the 168-185 keV clipping band).
 
 Sections
 
-1. ``simulate``: :func:`bkgjax.simulate.isgri_mission.simulate_mission` (seed 0, 2700 orbits,
+1. ``simulate``: :func:`bkgjax.missions.isgri.mission.simulate_mission` (seed 0, 2700 orbits,
    ``--scw-per-orbit`` 64 before screening).
 2. ``io``: writing and reading the FITS tables (validation included).
-3. ``analyse``: :func:`bkgjax.pipelines.isgri_ridge.analyse` -- screening, orbit background
+3. ``analyse``: :func:`bkgjax.missions.isgri.ridge.analyse` -- screening, orbit background
    model (two passes), transient and orbit clipping, Crab cubic, the Gaussian-plus-wings fits of
    the 4 Table-1 regions and 11 longitude bins in every band.  First call (includes the jit
    compilation of the batched fit) and the median of ``--repeat`` warm calls, with the split
@@ -47,9 +47,9 @@ def main(argv=None):
         args.orbits, args.repeat = 300, 2
 
     import bkgjax  # noqa: F401
-    from bkgjax.io.isgri_tables import read_crab_table, read_scw_table
-    from bkgjax.pipelines.isgri_ridge import analyse, results_payload
-    from bkgjax.simulate.isgri_mission import simulate_mission, write_tables
+    from bkgjax.missions.isgri.mission import simulate_mission, write_tables
+    from bkgjax.missions.isgri.ridge import analyse, results_payload
+    from bkgjax.missions.isgri.tables import read_crab_table, read_scw_table
 
     out = {"machine": machine_info(), "code": code_version(), "task": {
         "orbits": args.orbits, "scw_per_orbit_before_screening": args.scw_per_orbit,

@@ -1,7 +1,7 @@
 """NuSTAR stray-light CXB benchmark (issue 3): the full campaign with errors, bkgjax vs the
 paper's procedure reimplemented in NumPy/SciPy.
 
-Task: one simulated campaign (:func:`bkgjax.simulate.nustar_campaign.simulate_cubes`, fixed
+Task: one simulated campaign (:func:`bkgjax.missions.nustar_cxb.campaign.simulate_cubes`, fixed
 seed, the six data sets of the paper's Table 2, both FPMs, the paper's 20 bands in 3-20 keV).
 The per-band pixel templates are built exactly as :func:`run_analysis` builds them (masks by
 ``pixel_mask``, chip factors M_bkg from the OCC 10-20 keV image by ``flat_from_occultation``),
@@ -61,12 +61,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-from scipy.optimize import minimize  # noqa: E402
-
-import bkgjax  # noqa: E402,F401  (switches JAX to float64)
-from bkgjax.fit.templates import bootstrap_templates  # noqa: E402
-from bkgjax.pipelines import nustar_cxb as nc  # noqa: E402
-from bkgjax.simulate.nustar_campaign import PAPER_DATASETS, simulate_cubes  # noqa: E402
 from common import (  # noqa: E402
     code_version,
     machine_info,
@@ -77,6 +71,12 @@ from common import (  # noqa: E402
     timeit,
     write_json,
 )
+from scipy.optimize import minimize  # noqa: E402
+
+import bkgjax  # noqa: E402,F401  (switches JAX to float64)
+from bkgjax.fit.templates import bootstrap_templates  # noqa: E402
+from bkgjax.missions.nustar_cxb import analysis as nc  # noqa: E402
+from bkgjax.missions.nustar_cxb.campaign import PAPER_DATASETS, simulate_cubes  # noqa: E402
 
 SEED = 2021
 #: (module index, band index) of the bands with the full reference bootstrap: soft (3.0 keV,

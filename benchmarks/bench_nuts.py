@@ -43,24 +43,24 @@ sys.path.insert(0, str(Path(__file__).resolve().parent.parent))
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
+from common import (  # noqa: E402
+    BENCH_DIR,
+    ERANGE,
+    START,
+    code_version,
+    demo_pha_path,
+    machine_info,
+    machine_line,
+    posterior_summary,
+    ratio,
+    run_json_subprocess,
+    write_json,
+)
 
 import bkgjax  # noqa: E402,F401
 from bkgjax.fit import fit, load  # noqa: E402
 from bkgjax.infer import run_nuts  # noqa: E402
 from bkgjax.spectral import powerlaw  # noqa: E402
-from common import (  # noqa: E402
-    code_version,
-    BENCH_DIR,
-    ERANGE,
-    START,
-    demo_pha_path,
-    machine_info,
-    machine_line,
-    ratio,
-    posterior_summary,
-    run_json_subprocess,
-    write_json,
-)
 
 DEFAULT_JAXSPEC_PYTHON = "/work/jaxspec_venv/bin/python"
 BK_NAMES = {"powerlaw.PhoIndex": "PhoIndex", "powerlaw.norm": "norm"}

@@ -8,7 +8,7 @@ DET_ML) + match to the inputs within 30", on the NEP-like field of ``survey_simu
 
 Implementations (each timed in its own subprocess, so that its max RSS is its own):
 
-* ``jax``: :func:`bkgjax.pipelines.survey_vectorised.simulate_and_detect`, timed after a
+* ``jax``: :func:`bkgjax.missions.nustar_survey.engine.simulate_and_detect`, timed after a
   warm-up call that compiles (results come back as NumPy arrays, i.e. synchronised).
 * ``numpy``: a per-map NumPy/SciPy loop written here (:class:`NumpyDetector`): numpy RNG,
   source photons one by one as the JAX engine (``--numpy-generator binned``: the PSF-FFT
@@ -30,7 +30,7 @@ worker process per core; cost per simulation from a run of n and one of 16n
 times are reported).
 
 The JAX time per simulation includes the once-per-map setup of
-:func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` (background sums and the
+:func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect` (background sums and the
 count screen, ``setup_s``, also reported alone); a calibration runs 1200 simulations per call.
 """
 
@@ -55,7 +55,7 @@ from scipy import ndimage, optimize, signal  # noqa: E402
 from scipy.spatial import cKDTree  # noqa: E402
 
 # ln P(c, b) with scipy.special.gammainc and the small-P series; c <= 0 gives 0
-from bkgjax.pipelines.survey_detection import (  # noqa: E402
+from bkgjax.missions.nustar_survey.detection import (
     log_false_probability_scipy as log_false_probability_np,
 )
 
@@ -66,7 +66,7 @@ _BKG_FLOOR = 1e-12
 
 # ---------------------------------------------------------------------------------- field
 def load_field(band: str, crop: int | None = None):
-    from bkgjax.pipelines import survey_simulation as ssim
+    from bkgjax.missions.nustar_survey import simulation as ssim
 
     cfg = ssim.read_survey_config(ssim.default_config_path())
     f = ssim.build_field(cfg, band)
@@ -87,9 +87,9 @@ class NumpyDetector:
 
     def __init__(self, expo, bkg, fcxb, scale, band="3-24", max_candidates=128,
                  match_total_counts=None, psf_radius_arcsec=150.0, generator="events"):
-        from bkgjax.instruments import nustar_survey as ns
-        from bkgjax.pipelines import survey_detection as sd
-        from bkgjax.simulate import survey_sky as ss
+        from bkgjax.missions.nustar_survey import detection as sd
+        from bkgjax.missions.nustar_survey import instrument as ns
+        from bkgjax.missions.nustar_survey import sky as ss
 
         self.ns, self.ss = ns, ss
         self.generator = generator
@@ -329,7 +329,7 @@ def worker_jax(args):
     import jax
 
     import bkgjax  # noqa: F401  (float64)
-    from bkgjax.pipelines import survey_vectorised as sv
+    from bkgjax.missions.nustar_survey import engine as sv
 
     expo, bkg, fcxb, scale = load_field(args.band, args.crop)
     rss_before = _maxrss_mib()
@@ -406,8 +406,8 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     import jax
     import jax.numpy as jnp
 
-    from bkgjax.pipelines import survey_vectorised as sv
-    from bkgjax.simulate import survey_sky as ss
+    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import sky as ss
 
     e, b, f = (jnp.asarray(a) for a in (expo, bkg, fcxb))
     mt = jnp.asarray(float(bkg.sum()))
@@ -503,8 +503,8 @@ def agreement(args):
     import jax
 
     import bkgjax  # noqa: F401
-    from bkgjax.pipelines import survey_vectorised as sv
-    from bkgjax.simulate import survey_sky as ss
+    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import sky as ss
 
     expo, bkg, fcxb, scale = load_field(args.band, args.crop)
     mt = float(bkg.sum())

@@ -8,12 +8,12 @@ phase's numbers written to the JSON as soon as they exist (a run cut short keeps
 1. machine description (``common.machine_info``, ``nvidia-smi``, JAX devices);
 2. the NumPy/SciPy loop (``bench_survey.NumpyDetector``, the same steps per map) on
    ``--n-numpy`` maps of the 3-24 keV NEP-like field, on one CPU core of the same host;
-3. :func:`~bkgjax.pipelines.survey_vectorised.simulate_and_detect` on that field for each
+3. :func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect` on that field for each
    ``--batch-sizes`` value (one chunk of ``batch_size`` simulations per jitted call): a first
    call of one chunk (compilation included), then ``--timed-chunks`` chunks timed (the
    engine returns NumPy arrays, so the time includes all device work and the transfers);
    device peak memory from ``jax.Device.memory_stats``;
-4. :func:`~bkgjax.pipelines.survey_simulation.run_survey_simulation` on the shipped NEP-like
+4. :func:`~bkgjax.missions.nustar_survey.simulation.run_survey_simulation` on the shipped NEP-like
    configuration with ``batch_size = --calibration-batch`` (``batches_per_chunk = 1``),
    ``--n-sims`` simulations per band for the bands that fit in the time left (estimated from
    phase 3), each band's ``simulate_and_detect`` timed (its compilation included) and the
@@ -108,7 +108,7 @@ def numpy_loop(field, n_maps, seed):
 def throughput(field, batch_size, timed_chunks, seed):
     import jax
 
-    from bkgjax.pipelines import survey_vectorised as sv
+    from bkgjax.missions.nustar_survey import engine as sv
 
     expo, bkg, fcxb, scale = field
     kw = dict(band="3-24", max_candidates=128, match_total_counts=float(bkg.sum()),
@@ -151,8 +151,8 @@ def compare_thresholds(table_path, reference_path):
 def calibration(args, per_sim_s, first_call_s, report):
     import jax
 
-    from bkgjax.pipelines import survey_simulation as ssim
-    from bkgjax.pipelines import survey_vectorised as sv
+    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import simulation as ssim
 
     cfg = ssim.read_survey_config(ssim.default_config_path())
     cfg = dataclasses.replace(cfg, batch_size=args.calibration_batch, batches_per_chunk=1)
@@ -218,10 +218,10 @@ def main(argv=None):
     ap.add_argument("--json", default=str(common.RESULTS_DIR / "survey_gpu.json"))
     args = ap.parse_args(argv)
 
+    import bench_survey as bs
     import jax
 
     import bkgjax  # noqa: F401  (float64)
-    import bench_survey as bs
 
     report = Report(args.json)
     info = common.machine_info()

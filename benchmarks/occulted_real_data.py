@@ -1,6 +1,6 @@
 """The pixel model on the real NuSTAR Earth-occulted images (issue item 8).
 
-Runs :func:`bkgjax.pipelines.nustar_occulted.analyse_all` on every ``epochN_*.npz`` of
+Runs :func:`bkgjax.missions.nustar_cxb.occulted.analyse_all` on every ``epochN_*.npz`` of
 ``../shared/data/nustar/occulted`` (8 epochs x {PI < 10 keV, all energies} x {FPMA, FPMB} x
 {chip edges kept, masked}) with 200 bootstrap replicas per goodness-of-fit p-value, writes
 ``benchmarks/results/occulted_real_data.json`` and prints the Markdown table.
@@ -22,7 +22,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 from common import code_version, machine_info, write_json  # noqa: E402
 
-from bkgjax.pipelines.nustar_occulted import analyse_all, format_table  # noqa: E402
+from bkgjax.missions.nustar_cxb.occulted import analyse_all, format_table  # noqa: E402
 
 DEFAULT_DATA = Path(os.environ.get("BKGJAX_SHARED_DATA", ROOT.parent / "shared" / "data")) \
     / "nustar" / "occulted"

@@ -34,18 +34,11 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 import jax  # noqa: E402
 import jax.numpy as jnp  # noqa: E402
-
-import bkgjax  # noqa: E402,F401
-from bkgjax.fit import fit, fit_batch, guess_norms, load  # noqa: E402
-from bkgjax.fit.core import FitOptions, _fit_one, _prepare, _statistic_of_theta  # noqa: E402
-from bkgjax.fit.optimize import to_bounded, to_unbounded  # noqa: E402
-from bkgjax.simulate import fakeit  # noqa: E402
-from bkgjax.spectral import powerlaw  # noqa: E402
 from common import (  # noqa: E402
     ERANGE,
-    code_version,
     SIM_TRUTH,
     START,
+    code_version,
     demo_pha_path,
     machine_info,
     machine_line,
@@ -54,6 +47,13 @@ from common import (  # noqa: E402
     timeit,
     write_json,
 )
+
+import bkgjax  # noqa: E402,F401
+from bkgjax.fit import fit, fit_batch, guess_norms, load  # noqa: E402
+from bkgjax.fit.core import FitOptions, _fit_one, _prepare, _statistic_of_theta  # noqa: E402
+from bkgjax.fit.optimize import to_bounded, to_unbounded  # noqa: E402
+from bkgjax.simulate import fakeit  # noqa: E402
+from bkgjax.spectral import powerlaw  # noqa: E402
 
 
 def log(msg):

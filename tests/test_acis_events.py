@@ -1,4 +1,4 @@
-"""ACIS level-2 event files and ds9 regions (bkgjax.io.chandra_events)."""
+"""ACIS level-2 event files and ds9 regions (bkgjax.missions.acis.events)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ import pytest
 from astropy.io import fits
 
 from bkgjax.io import BkgjaxIOError
-from bkgjax.io.chandra_events import (
+from bkgjax.missions.acis.events import (
     chip_box_region,
     read_chandra_events,
     read_region,

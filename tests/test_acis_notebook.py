@@ -1,7 +1,7 @@
 """Execute notebooks/acis_pback_fit.ipynb reduced (``BKGJAX_NOTEBOOK_REDUCED=1``) with nbclient.
 
 The execution is marked slow: the first evaluation of the 32 real S3 templates compiles for
-minutes on a loaded machine (``jit__slices_shared`` of bkgjax.instruments.acis_templates), and
+minutes on a loaded machine (``jit__slices_shared`` of bkgjax.missions.acis.templates), and
 the two NUTS runs add about a minute.  The committed-notebook checks run by default.
 """
 

@@ -10,11 +10,17 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from bkgjax.instruments import acis_pback as A
 from bkgjax.io import read_pha, read_rmf, write_rmf
-from bkgjax.io.chandra_events import chip_box_region, read_chandra_events, read_region, write_chandra_events
-from bkgjax.pipelines import acis_pback as P
-from bkgjax.simulate.acis_events import (
+from bkgjax.missions.acis import cli as acis_cli
+from bkgjax.missions.acis import pback as A
+from bkgjax.missions.acis import pipeline as P
+from bkgjax.missions.acis.events import (
+    chip_box_region,
+    read_chandra_events,
+    read_region,
+    write_chandra_events,
+)
+from bkgjax.missions.acis.simulate import (
     acis_like_grids,
     expected_slice_counts,
     gaussian_rmf_matrix,
@@ -199,7 +205,7 @@ def test_cli_writes_pha_and_plot(fake_api, s3_events, rmf_path, tmp_path, capsys
     reg.write_text("image\nbox(512.5,256.5,1024,512,0) # tag={ccd_id=7}\n")
     parser = argparse.ArgumentParser(prog="bkgjax")
     sub = parser.add_subparsers(dest="command")
-    P.add_acis_pback_parser(sub)
+    acis_cli.register(sub)
     out = tmp_path / "bkg.pha"
     args = parser.parse_args(["acis-pback", str(path), "--region", str(reg), "--rmf", str(rmf_path),
                               "--out", str(out), "--backscal", "0.25"])
@@ -325,9 +331,9 @@ def _real_api():
     if not TEMPLATES.is_dir():
         pytest.skip(f"mkacispback templates not found at {TEMPLATES}")
     try:
-        from bkgjax.instruments import acis_templates
+        from bkgjax.missions.acis import templates as acis_templates
     except ImportError as exc:
-        pytest.skip(f"bkgjax.instruments.acis_templates not available: {exc}")
+        pytest.skip(f"bkgjax.missions.acis.templates not available: {exc}")
     return acis_templates
 
 
@@ -389,7 +395,7 @@ def test_real_templates_end_to_end(tmp_path, rmf_path):
 
 
 # ---------------------------------------------------------------------------
-# NumPyro model (bkgjax.infer.acis_background)
+# NumPyro model (bkgjax.missions.acis.posterior)
 # ---------------------------------------------------------------------------
 
 
@@ -408,7 +414,7 @@ def test_numpyro_log_density_matches_scipy(fake_api, s3_events, rmf_path):
     from numpyro.infer.util import log_density
     from scipy import stats
 
-    from bkgjax.infer.acis_background import pback_source_model
+    from bkgjax.missions.acis.posterior import pback_source_model
     from bkgjax.spectral.components import powerlaw_integral
 
     model, response = _source_setup(fake_api, s3_events, rmf_path)
@@ -434,7 +440,7 @@ def test_numpyro_propagation_widens_flux_interval(fake_api, s3_events, rmf_path)
     """Short NUTS runs on a faint source over the simulated background: both converge, the
     propagated 90 % flux interval is wider than the fixed-background one, and its median lies
     within 3 posterior standard deviations of the injected flux (one fixed realisation)."""
-    from bkgjax.infer.acis_background import run_pback_nuts
+    from bkgjax.missions.acis.posterior import run_pback_nuts
     from bkgjax.spectral.components import powerlaw_integral
 
     model, response = _source_setup(fake_api, s3_events, rmf_path)

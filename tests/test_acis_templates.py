@@ -1,5 +1,5 @@
-"""mkacispback template directory readers (bkgjax.io.acis_templates) and the per-CCD template
-library with the tool's rules (bkgjax.instruments.acis_templates)."""
+"""mkacispback template directory readers (bkgjax.missions.acis.template_files) and the per-CCD template
+library with the tool's rules (bkgjax.missions.acis.templates)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,14 @@ import numpy as np
 import pytest
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments.acis_templates import (
+from bkgjax.io.errors import BkgjaxIOError, MissingFileError
+from bkgjax.missions.acis.template_files import (
+    TEMPLATE_ENV_VAR,
+    read_slice_models,
+    read_template_weights,
+    template_directory,
+)
+from bkgjax.missions.acis.templates import (
     ACIS_CCDS,
     BI_CCDS,
     CHIP_TYPES,
@@ -19,13 +26,6 @@ from bkgjax.instruments.acis_templates import (
     hardness_parameters,
     load_template_library,
 )
-from bkgjax.io.acis_templates import (
-    TEMPLATE_ENV_VAR,
-    read_slice_models,
-    read_template_weights,
-    template_directory,
-)
-from bkgjax.io.errors import BkgjaxIOError, MissingFileError
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEMPLATES = SHARED / "chandra" / "mkacispback"

@@ -1,4 +1,4 @@
-"""NuSTAR cleaned event files: bkgjax.io.read_nustar_events / write_nustar_events."""
+"""NuSTAR cleaned event files: bkgjax.missions.nustar_cxb.events.read_nustar_events / write_nustar_events."""
 
 from __future__ import annotations
 
@@ -9,7 +9,12 @@ import numpy as np
 import pytest
 from astropy.io import fits
 
-from bkgjax.io import BkgjaxIOError, EventList, MissingFileError, read_nustar_events, write_nustar_events
+from bkgjax.io import BkgjaxIOError, MissingFileError
+from bkgjax.missions.nustar_cxb.events import (
+    EventList,
+    read_nustar_events,
+    write_nustar_events,
+)
 
 REAL_EVT = "nustar/events/nu90410111001A06_cl_sunpos.evt"
 

@@ -1,4 +1,4 @@
-"""Appendix A/B maths of bkgjax.instruments.isgri against hand-computed values and independent
+"""Appendix A/B maths of bkgjax.missions.isgri.instrument against hand-computed values and independent
 references (numpy.polyfit, scipy.optimize): the three orbit rules, the slope filter, sigma
 clipping, the Crab cubic, and the Gaussian-plus-wings region fit with a coverage check."""
 
@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments import isgri
+from bkgjax.missions.isgri import instrument as isgri
 
 
 def _orbit(rev, phases, rates, bkg):

@@ -1,4 +1,4 @@
-"""End-to-end ISGRI ridge pipeline (bkgjax.pipelines.isgri_ridge) on simulated missions:
+"""End-to-end ISGRI ridge pipeline (bkgjax.missions.isgri.ridge) on simulated missions:
 injected region fluxes recovered, results.json contract, figures, empty regions, CLI, and
 (slow) injection-recovery over >= 100 missions."""
 
@@ -11,9 +11,10 @@ import numpy as np
 import pytest
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments import isgri
-from bkgjax.pipelines import isgri_ridge
-from bkgjax.simulate.isgri_mission import simulate_mission, write_tables
+from bkgjax.missions.isgri import cli as isgri_cli
+from bkgjax.missions.isgri import instrument as isgri
+from bkgjax.missions.isgri import ridge as isgri_ridge
+from bkgjax.missions.isgri.mission import simulate_mission
 
 WIDE = ("25_60", "60_80", "80_200")
 REGIONS = ("GB", "L+20", "L-20", "3C 273/Coma")
@@ -89,7 +90,7 @@ def test_results_payload_contract(small, tmp_path):
 def test_cli_demo_and_bad_input(tmp_path, capsys):
     parser = argparse.ArgumentParser()
     sub = parser.add_subparsers(dest="command")
-    isgri_ridge.add_isgri_ridge_parser(sub)
+    isgri_cli.register(sub)
     out = tmp_path / "run"
     args = parser.parse_args(["isgri-ridge", "--demo", "--demo-orbits", str(N_ORBITS), "--seed",
                               "11", "--out", str(out), "--region", "Norma:-30:0:10:10"])
@@ -169,8 +170,8 @@ def test_hierarchical_beside_appendix_a():
     """The hierarchical model on the same screened ScWs as the Appendix-A rules (CLI
     --hierarchical): finite posteriors for every Table-1 region, within 4 sigma of the
     injected flux in the 25-60 keV band."""
-    from bkgjax.simulate.isgri_mission import simulate_mission
-    from bkgjax.pipelines import isgri_ridge as ir
+    from bkgjax.missions.isgri import ridge as ir
+    from bkgjax.missions.isgri.mission import simulate_mission
 
     scw, crab, truth = simulate_mission(seed=2, n_orbits=120)
     res = ir.analyse(scw, crab)

@@ -1,4 +1,4 @@
-"""Ridge spectra (bkgjax.pipelines.isgri_spectra): bands, Crab-calibrated response, component
+"""Ridge spectra (bkgjax.missions.isgri.spectra): bands, Crab-calibrated response, component
 fluxes against scipy.integrate.quad, best fit against scipy.optimize, posterior recovery and
 E_cut / flux coverage on simulated spectra (paper Sect. 2.2, 4.3, Table 2)."""
 
@@ -12,8 +12,8 @@ from scipy.integrate import quad
 from scipy.optimize import least_squares
 
 import bkgjax  # noqa: F401
-from bkgjax.infer.orbit_background import hdi_interval
-from bkgjax.pipelines.isgri_spectra import (
+from bkgjax.missions.isgri.orbit_background import hdi_interval
+from bkgjax.missions.isgri.spectra import (
     FLUX_UNIT,
     component_energy_flux,
     crab_band_flux,

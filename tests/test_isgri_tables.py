@@ -1,5 +1,5 @@
-"""ISGRI ScW/Crab tables (bkgjax.io.isgri_tables) and the mission simulator
-(bkgjax.simulate.isgri_mission): the issue-5 input contract, bad input, simulator truth."""
+"""ISGRI ScW/Crab tables (bkgjax.missions.isgri.tables) and the mission simulator
+(bkgjax.missions.isgri.mission): the issue-5 input contract, bad input, simulator truth."""
 
 from __future__ import annotations
 
@@ -9,12 +9,23 @@ import numpy as np
 import pytest
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments import isgri
 from bkgjax.io.errors import BkgjaxIOError, MissingFileError
-from bkgjax.io.isgri_tables import (band_names, check_same_bands, read_crab_table, read_profile,
-                                    read_scw_table, scw_data_from_table)
-from bkgjax.simulate.isgri_mission import (fov_sky_maps, gxb_mcrab, simulate_mission,
-                                           write_tables, _templates)
+from bkgjax.missions.isgri import instrument as isgri
+from bkgjax.missions.isgri.mission import (
+    _templates,
+    fov_sky_maps,
+    gxb_mcrab,
+    simulate_mission,
+    write_tables,
+)
+from bkgjax.missions.isgri.tables import (
+    band_names,
+    check_same_bands,
+    read_crab_table,
+    read_profile,
+    read_scw_table,
+    scw_data_from_table,
+)
 
 
 @pytest.fixture(scope="module")
@@ -61,7 +72,7 @@ def test_fov_convolution_against_direct_integral():
         t_here = np.stack(_templates(l0 + xx, b0 + yy))
         t_gc = np.stack(_templates(xx, yy))
         direct = (t_here * resp).sum(axis=(1, 2)) / (t_gc * resp).sum(axis=(1, 2))
-        from bkgjax.simulate.isgri_mission import _interp_maps
+        from bkgjax.missions.isgri.mission import _interp_maps
         interp = _interp_maps(l_grid, b_grid, maps, np.array([l0]), np.array([b0]))[:, 0]
         np.testing.assert_allclose(interp, direct, rtol=0.01)
 
@@ -162,7 +173,7 @@ def test_gxb_truth_is_count_rate_ratio():
     the ratio of the ridge and Crab count rates of the simulated response (independent quad)."""
     from scipy.integrate import quad
 
-    from bkgjax.simulate import isgri_mission as sim
+    from bkgjax.missions.isgri import mission as sim
 
     k_cut, k_pow = sim.ridge_spectrum_norms()
     eff = lambda e: math.exp(-(e / 230.0) ** 1.5)  # noqa: E731

@@ -1,4 +1,4 @@
-"""Tests for bkgjax.simulate.nustar_campaign: expected rates, binned cubes, event files.
+"""Tests for bkgjax.missions.nustar_cxb.campaign: expected rates, binned cubes, event files.
 
 Reference: Krivonos et al. 2021 (nustar_cxb_stray_light.txt), eq. 1-2, Tables 2-4.
 """
@@ -13,17 +13,7 @@ import numpy as np
 import pytest
 from scipy import integrate, stats
 
-from bkgjax.instruments.nustar import (
-    FPMS,
-    PIXEL_AREA_CM2,
-    band_pi_edges,
-    bin_events,
-    energy_bands,
-    load_geometry,
-    pi_to_energy,
-)
-from bkgjax.io import read_nustar_events
-from bkgjax.simulate.nustar_campaign import (
+from bkgjax.missions.nustar_cxb.campaign import (
     PAPER_DATASETS,
     PI_CHANNELS,
     CampaignTruth,
@@ -36,11 +26,21 @@ from bkgjax.simulate.nustar_campaign import (
     level_summary,
     live_mask,
     paper_truths,
-    poisson_inverse_cdf,
     simulate_cubes,
     simulate_events,
     write_campaign,
 )
+from bkgjax.missions.nustar_cxb.events import read_nustar_events
+from bkgjax.missions.nustar_cxb.geometry import (
+    FPMS,
+    PIXEL_AREA_CM2,
+    band_pi_edges,
+    bin_events,
+    energy_bands,
+    load_geometry,
+    pi_to_energy,
+)
+from bkgjax.simulate.poisson import poisson_inverse_cdf
 from bkgjax.spectral import KEV_TO_ERG
 
 try:

@@ -21,15 +21,15 @@ from bkgjax.fit.templates import (
     template_loglike,
     template_profile_bounds,
 )
-from bkgjax.instruments import nustar
-from bkgjax.pipelines import nustar_cxb as nc
-from bkgjax.pipelines.nustar_config import ConfigError, load_campaign, read_config
-from bkgjax.simulate.nustar_campaign import (
+from bkgjax.missions.nustar_cxb import analysis as nc
+from bkgjax.missions.nustar_cxb import geometry as nustar
+from bkgjax.missions.nustar_cxb.campaign import (
     PAPER_DATASETS,
     CampaignTruth,
     simulate_cubes,
     write_campaign,
 )
+from bkgjax.missions.nustar_cxb.config import ConfigError, load_campaign, read_config
 
 TRUE_FLUX = CampaignTruth().cxb_flux_3_20
 

@@ -1,4 +1,4 @@
-"""NuSTAR aperture geometry (bkgjax.instruments.nustar) and the CALDB readers behind it."""
+"""NuSTAR aperture geometry (bkgjax.missions.nustar_cxb.geometry) and the CALDB readers behind it."""
 
 from __future__ import annotations
 
@@ -10,15 +10,15 @@ import pytest
 from astropy.io import fits
 from scipy import integrate
 
-from bkgjax.io import (
-    BkgjaxIOError,
+from bkgjax.io import BkgjaxIOError
+from bkgjax.missions.nustar_cxb import geometry as nustar
+from bkgjax.missions.nustar_cxb.caldb import (
     read_aperture_image,
     read_detabs,
     read_instrument_map,
-    read_nustar_events,
     read_transmission_arf,
 )
-from bkgjax.instruments import nustar
+from bkgjax.missions.nustar_cxb.events import read_nustar_events
 
 REAL_EVT = "nustar/events/nu90410111001A06_cl_sunpos.evt"
 

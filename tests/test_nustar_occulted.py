@@ -9,18 +9,18 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from bkgjax.instruments import nustar
 from bkgjax.io.errors import BkgjaxIOError, MissingFileError
-from bkgjax.io.occulted import read_occulted_images
-from bkgjax.pipelines.nustar_occulted import (
+from bkgjax.missions.nustar_cxb import geometry as nustar
+from bkgjax.missions.nustar_cxb.occulted import (
     ENERGY_SELECTIONS,
-    aperture_likelihood_ratio,
     analyse_all,
     analyse_occulted_image,
+    aperture_likelihood_ratio,
     format_table,
     occulted_mask,
     occulted_templates,
 )
+from bkgjax.missions.nustar_cxb.occulted_images import read_occulted_images
 
 
 @pytest.fixture(scope="module")

@@ -1,4 +1,4 @@
-"""Hierarchical orbit-background model (bkgjax.infer.orbit_background), issue 5 item 6.
+"""Hierarchical orbit-background model (bkgjax.missions.isgri.orbit_background), issue 5 item 6.
 
 * input validation (clear errors, never NaN);
 * the model's log joint density against an independent scipy.stats computation;
@@ -14,14 +14,14 @@ import pytest
 import scipy.stats as st
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.infer.orbit_background import (
+from bkgjax.missions.isgri.orbit_background import (
     OrbitData,
     _batch,
     _config,
+    fit_orbit_background,
     hdi_interval,
     orbit_background_model,
     orbit_data_from_scws,
-    fit_orbit_background,
     prepare_orbit_data,
     region_summary,
     sample_orbit_background_batch,

@@ -1,4 +1,4 @@
-"""Tests of bkgjax.pipelines.survey_calibration (independent references: scipy, hand counts)."""
+"""Tests of bkgjax.missions.nustar_survey.calibration (independent references: scipy, hand counts)."""
 
 import math
 
@@ -7,8 +7,8 @@ import pytest
 from scipy import special, stats
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments import nustar_survey as ns
-from bkgjax.pipelines import survey_calibration as sc
+from bkgjax.missions.nustar_survey import calibration as sc
+from bkgjax.missions.nustar_survey import instrument as ns
 
 
 def test_beta_interval_matches_scipy():
@@ -160,7 +160,7 @@ def test_sky_coverage_uniform_exposure():
     t = 12.0
     flux = np.geomspace(1e-15, 1e-12, 61)
     # interior pixels (aperture fully inside): the same background in the aperture
-    from bkgjax.pipelines.survey_detection import tophat_sum
+    from bkgjax.missions.nustar_survey.detection import tophat_sum
     b_ap = np.asarray(tophat_sum(bkg, ns.APERTURE_RADIUS_ARCSEC / scale, expo))
     b0 = b_ap[h // 2, w // 2]
     interior = np.isclose(b_ap, b0)
@@ -207,7 +207,7 @@ def test_lognlogs_constant_omega():
 
 
 def test_end_to_end_threshold_table():
-    from bkgjax.pipelines import survey_vectorised as sv
+    from bkgjax.missions.nustar_survey import engine as sv
 
     h = w = 96
     scale = 2.46
@@ -230,8 +230,10 @@ def test_end_to_end_threshold_table():
                              [6.0, 30.0], (20, 500), valid=res.det_valid)
     assert c.n_total[-1] > 0 and c.reliability[0] < c.reliability[-1]
     # the table is readable by the numpy detect's lookup
-    from bkgjax.pipelines.survey_detection import _threshold_lookup
-    thr = _threshold_lookup(tab, "3-24", np.array([100.0, 300.0]), 95)
+    from bkgjax.missions.nustar_survey.detection import (
+        threshold_lookup as threshold_lookup,
+    )
+    thr = threshold_lookup(tab, "3-24", np.array([100.0, 300.0]), 95)
     np.testing.assert_allclose(thr, tab["det_ml_95"])
     # completeness with the table: bright sources are detected
     flags = sc.detected_inputs(res, tab)

@@ -1,4 +1,4 @@
-"""Master catalogue across bands (bkgjax.pipelines.survey_catalogue): merging rules, forced
+"""Master catalogue across bands (bkgjax.missions.nustar_survey.catalogue): merging rules, forced
 photometry against hand-computed counts, HR / variability columns, units in written files."""
 
 import numpy as np
@@ -9,9 +9,9 @@ from astropy.wcs import WCS
 from scipy import stats
 
 import bkgjax  # noqa: F401
-from bkgjax.io.images import SurveyImages
-from bkgjax.pipelines import survey_catalogue as sc
-from bkgjax.pipelines import survey_detection as sd
+from bkgjax.missions.nustar_survey import catalogue as sc
+from bkgjax.missions.nustar_survey import detection as sd
+from bkgjax.missions.nustar_survey.images import SurveyImages
 from bkgjax.stats import hardness, variability
 
 RA0, DEC0 = 260.0, 65.0
@@ -268,7 +268,7 @@ def test_end_to_end_with_detect():
     """detect() in two bands on simulated images, then the master catalogue: a source seen
     in both bands, one in the soft band only (forced 8-24 keV photometry).  Spurious
     detections (P <= 10^-2.5 per local minimum) may add master sources; they are ignored."""
-    from bkgjax.instruments import nustar_survey as ns
+    from bkgjax.missions.nustar_survey import instrument as ns
 
     rng = np.random.default_rng(11)
     shape = (121, 121)
@@ -311,8 +311,8 @@ def test_catalogue_cli(tmp_path, capsys):
     from astropy.table import Table
 
     from bkgjax.cli import main
-    from bkgjax.io.images import write_survey_image
-    from bkgjax.simulate import survey_sky
+    from bkgjax.missions.nustar_survey import sky as survey_sky
+    from bkgjax.missions.nustar_survey.images import write_survey_image
 
     rng = np.random.default_rng(8)
     kernel = survey_sky.psf_kernel(PIX)

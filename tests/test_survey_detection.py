@@ -1,4 +1,4 @@
-"""NuSTAR deep-survey source detection (bkgjax.pipelines.survey_detection) on synthetic skies."""
+"""NuSTAR deep-survey source detection (bkgjax.missions.nustar_survey.detection) on synthetic skies."""
 
 from __future__ import annotations
 
@@ -12,10 +12,14 @@ from astropy.wcs import WCS
 from scipy.special import gammainc
 
 from bkgjax.cli import main
-from bkgjax.instruments import nustar_survey as ns
 from bkgjax.io import BkgjaxIOError, MissingFileError
-from bkgjax.io.images import SurveyImages, read_survey_images, write_survey_image
-from bkgjax.pipelines import survey_detection as sd
+from bkgjax.missions.nustar_survey import detection as sd
+from bkgjax.missions.nustar_survey import instrument as ns
+from bkgjax.missions.nustar_survey.images import (
+    SurveyImages,
+    read_survey_images,
+    write_survey_image,
+)
 
 PIX = 2.46  # arcsec, NuSTAR mosaic pixel
 SHAPE = (200, 200)

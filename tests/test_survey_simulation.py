@@ -9,8 +9,8 @@ import numpy as np
 import pytest
 
 import bkgjax  # noqa: F401
-from bkgjax.instruments import nustar_survey as ns
-from bkgjax.pipelines import survey_simulation as ssim
+from bkgjax.missions.nustar_survey import instrument as ns
+from bkgjax.missions.nustar_survey import simulation as ssim
 
 SMALL = """
 [field]
@@ -108,7 +108,7 @@ def test_simulate_survey_small_end_to_end(tmp_path, capsys):
                  "fig5_sky_coverage.png", "fig7_separations.png", "fig8_flux_comparison.png",
                  "fig10_lognlogs.png", "spurious_check.png", "simulations_3-24.npz"):
         assert (out / name).exists(), name
-    from bkgjax.io.images import read_thresholds
+    from bkgjax.missions.nustar_survey.images import read_thresholds
 
     thr = read_thresholds(str(out / "thresholds.ecsv"))
     assert list(thr["band"]) == ["3-24", "3-24"]

@@ -11,10 +11,10 @@ import pytest
 from scipy import stats
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.instruments import nustar_survey as ns
-from bkgjax.pipelines import survey_detection as sd
-from bkgjax.pipelines import survey_vectorised as sv
-from bkgjax.simulate import survey_sky as ss
+from bkgjax.missions.nustar_survey import detection as sd
+from bkgjax.missions.nustar_survey import engine as sv
+from bkgjax.missions.nustar_survey import instrument as ns
+from bkgjax.missions.nustar_survey import sky as ss
 
 H = W = 128
 SCALE = 2.46
@@ -399,7 +399,7 @@ os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import numpy as np, jax
 sys.path.insert(0, sys.argv[1])
 import bkgjax
-from bkgjax.pipelines import survey_vectorised as sv
+from bkgjax.missions.nustar_survey import engine as sv
 assert len(jax.devices()) == 4, jax.devices()
 expo = np.full((64, 64), 1e5); bkg = np.full((64, 64), 0.02)
 kw = dict(max_sources=32, max_candidates=16, progress=False, batch_size=2, batches_per_chunk=1)

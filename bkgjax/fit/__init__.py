@@ -19,8 +19,14 @@ from .dataset import (
     statistic_per_bin,
     total_statistic_of_theta,
 )
+from .optimize import (
+    lbfgs,
+    levenberg_marquardt,
+    profile_bounds,
+    to_bounded,
+    to_unbounded,
+)
 from .reference import NelderMeadResult, fit_nelder_mead
-from .optimize import lbfgs, levenberg_marquardt, profile_bounds, to_bounded, to_unbounded
 
 __all__ = [
     "BatchFitResult",

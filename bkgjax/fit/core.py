@@ -18,7 +18,6 @@ shape does not recompile.
 
 from __future__ import annotations
 
-import dataclasses
 import json
 import math
 from dataclasses import dataclass, field
@@ -40,7 +39,6 @@ from .dataset import (
 )
 from .optimize import (
     STATUS_MESSAGES,
-    hessian_derivatives,
     lbfgs,
     levenberg_marquardt,
     profile_bounds,

@@ -1,35 +1,15 @@
-"""OGIP file input/output (PHA spectra, ARF, RMF); the only bkgjax layer that reads FITS.
+"""File input/output of the core: OGIP spectra and responses, generic FITS helpers.
 
-See :mod:`bkgjax.io.ogip` for the formats (OGIP/92-007 for PHA, CAL/GEN/92-002 for
-RMF/ARF), :mod:`bkgjax.io.events` for NuSTAR cleaned event files,
-:mod:`bkgjax.io.nustar_caldb` for the NuSTAR aperture/CALDB files and
-:mod:`bkgjax.io.errors` for the exceptions raised.
+:mod:`bkgjax.io.ogip` reads and writes PHA spectra (OGIP/92-007, type I and II) and
+responses (CAL/GEN/92-002: RMF ``MATRIX`` + ``EBOUNDS``, ARF ``SPECRESP``);
+:mod:`bkgjax.io.fits` holds the path/HDU helpers every reader uses;
+:mod:`bkgjax.io.xspec_model` reads XSPEC ``save model`` files into a parsed structure
+(evaluated by :mod:`bkgjax.spectral.xspec_terms`); :mod:`bkgjax.io.errors` the exceptions.
+Mission file formats (event lists, CALDB pieces, tables) are read by the mission packages
+under :mod:`bkgjax.missions`.  Nothing in this package evaluates a model.
 """
 
 from .errors import BkgjaxIOError, MissingFileError
-from .occulted import OCCULTED_IMAGE_SHAPE, read_occulted_images
-from .events import EventList, read_nustar_events, write_nustar_events
-from .nustar_caldb import read_aperture_image, read_detabs, read_instrument_map, read_transmission_arf
-from .xspec_model import XspecModel, XspecParameter, read_xspec_model
-from .acis_templates import read_slice_models, read_template_weights, template_directory
-from .chandra_events import (
-    ChandraEvents,
-    EventRegion,
-    chip_box_region,
-    read_chandra_events,
-    read_region,
-    region_slice_fractions,
-    write_chandra_events,
-)
-from .isgri_tables import (
-    CrabData,
-    ScwData,
-    band_names,
-    check_same_bands,
-    read_crab_table,
-    read_profile,
-    read_scw_table,
-)
 from .ogip import (
     ARF,
     PHA,
@@ -46,10 +26,9 @@ from .ogip import (
     write_pha,
     write_rmf,
 )
+from .xspec_model import XspecModel, XspecParameter, read_xspec_model
 
 __all__ = [
-    "OCCULTED_IMAGE_SHAPE",
-    "read_occulted_images",
     "BkgjaxIOError",
     "MissingFileError",
     "PHA",
@@ -66,31 +45,7 @@ __all__ = [
     "write_pha",
     "write_arf",
     "write_rmf",
-    "EventList",
-    "read_nustar_events",
-    "write_nustar_events",
-    "read_aperture_image",
-    "read_instrument_map",
-    "read_detabs",
-    "read_transmission_arf",
     "XspecModel",
     "XspecParameter",
     "read_xspec_model",
-    "read_slice_models",
-    "read_template_weights",
-    "template_directory",
-    "ChandraEvents",
-    "EventRegion",
-    "chip_box_region",
-    "read_chandra_events",
-    "read_region",
-    "region_slice_fractions",
-    "write_chandra_events",
-    "CrabData",
-    "ScwData",
-    "band_names",
-    "check_same_bands",
-    "read_crab_table",
-    "read_profile",
-    "read_scw_table",
 ]

@@ -29,6 +29,14 @@ import numpy as np
 from astropy.io import fits
 
 from .errors import BkgjaxIOError, MissingFileError
+from .fits import (
+    column_names,
+    hdu_label,
+    open_fits,
+    path_candidates,
+    readonly,
+    resolve_input_path,
+)
 
 __all__ = [
     "PHA",
@@ -57,47 +65,11 @@ _ENERGY_UNITS = {"kev": 1.0, "ev": 1e-3, "mev": 1e3}
 # ---------------------------------------------------------------------------
 
 
-def _readonly(a: np.ndarray) -> np.ndarray:
-    a.setflags(write=False)
-    return a
-
 
 def _label(path: str | None, what: str = "") -> str:
     base = path if path is not None else "<in-memory data>"
     return f"{base} ({what})" if what else base
 
-
-def _hdu_label(fname: str, hdul: fits.HDUList, idx: int) -> str:
-    name = str(hdul[idx].header.get("EXTNAME", "")).strip()
-    return f"{fname} (HDU {idx}{' ' + repr(name) if name else ''})"
-
-
-def _path_candidates(p: str) -> list[str]:
-    """The path itself, then the same with '.gz' added (or stripped)."""
-    if p.lower().endswith(".gz"):
-        return [p, p[:-3]]
-    return [p, p + ".gz"]
-
-
-def _resolve_input_path(path: Any) -> str:
-    """Absolute path of an existing file (trying the .gz / non-.gz variant)."""
-    try:
-        raw = os.fspath(path)
-    except TypeError as exc:
-        raise BkgjaxIOError(f"expected a file path, got {type(path).__name__}: {path!r}") from exc
-    p = os.path.abspath(os.path.expanduser(raw))
-    cands = _path_candidates(p)
-    for c in cands:
-        if os.path.isfile(c):
-            return c
-    raise MissingFileError(f"{p}: file not found (tried {', '.join(cands)})")
-
-
-def _open_fits(fname: str) -> fits.HDUList:
-    try:
-        return fits.open(fname, memmap=False)
-    except Exception as exc:  # astropy raises OSError / ValueError / TypeError
-        raise BkgjaxIOError(f"{fname}: cannot be read as a FITS file: {exc}") from exc
 
 
 def _strip_extension_spec(value: str) -> str:
@@ -124,7 +96,7 @@ def _resolve_aux_file(pha_path: str, value: Any) -> tuple[str | None, list[str]]
     if not os.path.isabs(name):
         name = os.path.join(os.path.dirname(pha_path), name)
     name = os.path.normpath(name)
-    cands = _path_candidates(name)
+    cands = path_candidates(name)
     for c in cands:
         if os.path.isfile(c):
             return c, cands
@@ -190,7 +162,7 @@ def _as_positive_scale(v: Any, n: int, where: str, name: str) -> float | np.ndar
             f"{where}: {name} must be finite and > 0 in every channel; "
             f"{int(bad.sum())} bad value(s), first at index {i} ({float(a[i])!r})"
         )
-    return _readonly(a)
+    return readonly(a)
 
 
 def _as_exposure(v: Any, where: str) -> float:
@@ -212,7 +184,7 @@ def _as_int_array(v: Any, n: int, where: str, name: str) -> np.ndarray:
             raise BkgjaxIOError(f"{where}: {name} holds non-integer values")
     elif a.dtype.kind not in "iub":
         raise BkgjaxIOError(f"{where}: {name} is not an integer array (dtype {a.dtype})")
-    return _readonly(np.array(a, dtype=np.int64))
+    return readonly(np.array(a, dtype=np.int64))
 
 
 def _check_grouping(g: np.ndarray, where: str) -> None:
@@ -231,11 +203,8 @@ def _energy_factor(hdu: fits.BinTableHDU, colname: str) -> float:
     return _ENERGY_UNITS.get(unit, 1.0)
 
 
-def _column_names(hdu: fits.BinTableHDU) -> dict[str, str]:
-    return {n.upper(): n for n in hdu.columns.names}
 
-
-def _check_energy_grid(lo: np.ndarray, hi: np.ndarray, where: str) -> None:
+def check_energy_bounds(lo: np.ndarray, hi: np.ndarray, where: str) -> None:
     if lo.ndim != 1 or lo.shape != hi.shape or lo.size == 0:
         raise BkgjaxIOError(f"{where}: ENERG_LO/ENERG_HI must be non-empty 1-D arrays of equal length "
                             f"(got {lo.shape} and {hi.shape})")
@@ -342,7 +311,7 @@ class PHA:
             raise BkgjaxIOError(f"{where}: COUNTS holds negative values")
         n = chan.shape[0]
         set_(self, "channel", chan)
-        set_(self, "counts", _readonly(counts))
+        set_(self, "counts", readonly(counts))
         set_(self, "exposure", _as_exposure(self.exposure, where))
         set_(self, "backscal", _as_positive_scale(self.backscal, n, where, "BACKSCAL"))
         set_(self, "areascal", _as_positive_scale(self.areascal, n, where, "AREASCAL"))
@@ -383,16 +352,16 @@ class ARF:
         lo = np.array(self.energ_lo, dtype=np.float64)
         hi = np.array(self.energ_hi, dtype=np.float64)
         sr = np.array(self.specresp, dtype=np.float64)
-        _check_energy_grid(lo, hi, where)
+        check_energy_bounds(lo, hi, where)
         if sr.shape != lo.shape:
             raise BkgjaxIOError(f"{where}: SPECRESP has shape {sr.shape}, energy grid {lo.shape}")
         if not np.all(np.isfinite(sr)):
             raise BkgjaxIOError(f"{where}: column SPECRESP holds NaN/inf values")
         if np.any(sr < 0):
             raise BkgjaxIOError(f"{where}: column SPECRESP holds negative effective areas")
-        object.__setattr__(self, "energ_lo", _readonly(lo))
-        object.__setattr__(self, "energ_hi", _readonly(hi))
-        object.__setattr__(self, "specresp", _readonly(sr))
+        object.__setattr__(self, "energ_lo", readonly(lo))
+        object.__setattr__(self, "energ_hi", readonly(hi))
+        object.__setattr__(self, "specresp", readonly(sr))
 
     @property
     def n_energy(self) -> int:
@@ -443,7 +412,7 @@ class RMF:
         set_ = object.__setattr__
         lo = np.array(self.energ_lo, dtype=np.float64)
         hi = np.array(self.energ_hi, dtype=np.float64)
-        _check_energy_grid(lo, hi, _label(self.path, "MATRIX"))
+        check_energy_bounds(lo, hi, _label(self.path, "MATRIX"))
         ch = np.asarray(self.channel)
         ch = _as_int_array(ch, ch.shape[0] if ch.ndim == 1 else -1, _label(self.path, "EBOUNDS"), "CHANNEL")
         emin = np.array(self.e_min, dtype=np.float64)
@@ -463,15 +432,15 @@ class RMF:
                 raise BkgjaxIOError(f"{where}: channel index outside [0, {ch.size})")
         if not np.all(np.isfinite(vals)):
             raise BkgjaxIOError(f"{_label(self.path, 'MATRIX')}: column MATRIX holds NaN/inf values")
-        set_(self, "energ_lo", _readonly(lo))
-        set_(self, "energ_hi", _readonly(hi))
+        set_(self, "energ_lo", readonly(lo))
+        set_(self, "energ_hi", readonly(hi))
         set_(self, "channel", ch)
-        set_(self, "e_min", _readonly(emin))
-        set_(self, "e_max", _readonly(emax))
+        set_(self, "e_min", readonly(emin))
+        set_(self, "e_max", readonly(emax))
         set_(self, "first_channel", int(self.first_channel))
-        set_(self, "rows", _readonly(rows))
-        set_(self, "cols", _readonly(cols))
-        set_(self, "values", _readonly(vals))
+        set_(self, "rows", readonly(rows))
+        set_(self, "cols", readonly(cols))
+        set_(self, "values", readonly(vals))
         set_(self, "hduclas3", _as_str(self.hduclas3))
 
     @property
@@ -526,7 +495,7 @@ def _select_spectrum_hdu(hdul: fits.HDUList, hdu: Any, fname: str) -> int:
         except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise BkgjaxIOError(f"{fname}: no HDU {hdu!r} (file has {len(hdul)} HDUs)") from exc
         if not isinstance(hdul[idx], fits.BinTableHDU):
-            raise BkgjaxIOError(f"{_hdu_label(fname, hdul, idx)}: not a binary table, cannot hold a spectrum")
+            raise BkgjaxIOError(f"{hdu_label(fname, hdul, idx)}: not a binary table, cannot hold a spectrum")
         return idx
     for i, h in enumerate(hdul):
         if not isinstance(h, fits.BinTableHDU):
@@ -597,13 +566,13 @@ def read_pha(path, *, hdu=None, row=None, spec_num=None) -> PHA:
 
 
 def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
-    fname = _resolve_input_path(path)
-    with _open_fits(fname) as hdul:
+    fname = resolve_input_path(path)
+    with open_fits(fname) as hdul:
         idx = _select_spectrum_hdu(hdul, hdu, fname)
         ext = hdul[idx]
-        where = _hdu_label(fname, hdul, idx)
+        where = hdu_label(fname, hdul, idx)
         hdr, prim = ext.header, hdul[0].header
-        cols = _column_names(ext)
+        cols = column_names(ext)
         data = ext.data
         nrows = 0 if data is None else len(data)
 
@@ -752,7 +721,7 @@ def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
             except (TypeError, ValueError) as exc:
                 raise BkgjaxIOError(f"{where}: {qsrc} is not an integer ({qv!r})") from exc
             if qi != 0:
-                quality = _readonly(np.full(n, qi, dtype=np.int64))
+                quality = readonly(np.full(n, qi, dtype=np.int64))
 
         # ---- file references ---------------------------------------------------
         raw_files: dict[str, str | None] = {}
@@ -801,7 +770,7 @@ def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
 # ---------------------------------------------------------------------------
 
 
-def _find_table(hdul: fits.HDUList, names: tuple[str, ...], hduclas2: tuple[str, ...]) -> int | None:
+def find_table(hdul: fits.HDUList, names: tuple[str, ...], hduclas2: tuple[str, ...]) -> int | None:
     for i, h in enumerate(hdul):
         if not isinstance(h, fits.BinTableHDU):
             continue
@@ -812,8 +781,8 @@ def _find_table(hdul: fits.HDUList, names: tuple[str, ...], hduclas2: tuple[str,
     return None
 
 
-def _energy_columns(ext: fits.BinTableHDU, where: str) -> tuple[np.ndarray, np.ndarray]:
-    cols = _column_names(ext)
+def energy_columns(ext: fits.BinTableHDU, where: str) -> tuple[np.ndarray, np.ndarray]:
+    cols = column_names(ext)
     out = []
     for name in ("ENERG_LO", "ENERG_HI"):
         if name not in cols:
@@ -845,23 +814,23 @@ def read_arf(path) -> ARF:
     MissingFileError
         ``path`` does not exist.
     """
-    fname, where, lo, hi, sr = _read_specresp_table(path)
-    _check_energy_grid(lo, hi, where)
+    fname, where, lo, hi, sr = read_specresp_table(path)
+    check_energy_bounds(lo, hi, where)
     return ARF(path=fname, energ_lo=lo, energ_hi=hi, specresp=_check_finite(sr, where, "SPECRESP"))
 
 
-def _read_specresp_table(path):
+def read_specresp_table(path):
     """(file name, HDU label, ENERG_LO, ENERG_HI keV, SPECRESP) of an ARF-like file, unchecked
     grid (shared by :func:`read_arf` and the transmission-curve reader)."""
-    fname = _resolve_input_path(path)
-    with _open_fits(fname) as hdul:
-        idx = _find_table(hdul, ("SPECRESP",), ("SPECRESP",))
+    fname = resolve_input_path(path)
+    with open_fits(fname) as hdul:
+        idx = find_table(hdul, ("SPECRESP",), ("SPECRESP",))
         if idx is None:
             raise BkgjaxIOError(f"{fname}: no SPECRESP extension (EXTNAME or HDUCLAS2 'SPECRESP')")
         ext = hdul[idx]
-        where = _hdu_label(fname, hdul, idx)
-        lo, hi = _energy_columns(ext, where)
-        cols = _column_names(ext)
+        where = hdu_label(fname, hdul, idx)
+        lo, hi = energy_columns(ext, where)
+        cols = column_names(ext)
         if "SPECRESP" not in cols:
             raise BkgjaxIOError(f"{where}: required column SPECRESP is missing")
         values = np.asarray(ext.data[cols["SPECRESP"]], dtype=np.float64)
@@ -921,22 +890,22 @@ def read_rmf(path) -> RMF:
     MissingFileError
         ``path`` does not exist.
     """
-    fname = _resolve_input_path(path)
-    with _open_fits(fname) as hdul:
-        mi = _find_table(hdul, ("MATRIX", "SPECRESP MATRIX"), ("RSP_MATRIX",))
+    fname = resolve_input_path(path)
+    with open_fits(fname) as hdul:
+        mi = find_table(hdul, ("MATRIX", "SPECRESP MATRIX"), ("RSP_MATRIX",))
         if mi is None:
             raise BkgjaxIOError(
                 f"{fname}: no response matrix extension (EXTNAME 'MATRIX'/'SPECRESP MATRIX' "
                 "or HDUCLAS2 'RSP_MATRIX')"
             )
-        ei = _find_table(hdul, ("EBOUNDS",), ("EBOUNDS",))
+        ei = find_table(hdul, ("EBOUNDS",), ("EBOUNDS",))
         if ei is None:
             raise BkgjaxIOError(f"{fname}: no EBOUNDS extension (EXTNAME or HDUCLAS2 'EBOUNDS')")
         mext, eext = hdul[mi], hdul[ei]
-        mwhere, ewhere = _hdu_label(fname, hdul, mi), _hdu_label(fname, hdul, ei)
+        mwhere, ewhere = hdu_label(fname, hdul, mi), hdu_label(fname, hdul, ei)
 
         # ---- EBOUNDS ---------------------------------------------------------
-        ecols = _column_names(eext)
+        ecols = column_names(eext)
         for name in ("E_MIN", "E_MAX"):
             if name not in ecols:
                 raise BkgjaxIOError(f"{ewhere}: required column {name} is missing")
@@ -955,7 +924,7 @@ def read_rmf(path) -> RMF:
             raise BkgjaxIOError(f"{ewhere}: column E_MIN is not monotonically increasing (row {i} -> {i + 1})")
 
         # ---- MATRIX ------------------------------------------------------------
-        mcols = _column_names(mext)
+        mcols = column_names(mext)
         names = [n.upper() for n in mext.columns.names]
         for name in ("F_CHAN", "N_CHAN", "MATRIX"):
             if name not in mcols:
@@ -983,8 +952,8 @@ def read_rmf(path) -> RMF:
         else:
             channel = np.arange(first_channel, first_channel + n_chan, dtype=np.int64)
 
-        energ_lo, energ_hi = _energy_columns(mext, mwhere)
-        _check_energy_grid(energ_lo, energ_hi, mwhere)
+        energ_lo, energ_hi = energy_columns(mext, mwhere)
+        check_energy_bounds(energ_lo, energ_hi, mwhere)
         n_e = energ_lo.shape[0]
         data = mext.data
 
@@ -1109,7 +1078,7 @@ def check_compatible(source: PHA, rmf: RMF, arf: ARF | None = None, background: 
 
 def _missing_aux(source: PHA, keyword: str, path: str, hint: str) -> MissingFileError:
     value = source.file_keywords.get(keyword) or os.path.basename(path)
-    tried = _path_candidates(path)
+    tried = path_candidates(path)
     return MissingFileError(
         f"{source.path}: header keyword {keyword} names '{value}', which was not found at "
         f"{tried}; {hint}"
@@ -1462,7 +1431,7 @@ def write_rmf(path, energ_lo, energ_hi, matrix_dense, e_min, e_max, first_channe
     hi = np.asarray(energ_hi, dtype=np.float64)
     emin = np.asarray(e_min, dtype=np.float64)
     emax = np.asarray(e_max, dtype=np.float64)
-    _check_energy_grid(lo, hi, f"{out} (MATRIX)")
+    check_energy_bounds(lo, hi, f"{out} (MATRIX)")
     if m.ndim != 2 or m.shape[0] != lo.size:
         raise BkgjaxIOError(f"{out}: matrix shape {m.shape} does not match {lo.size} energy bins")
     n_e, n_c = m.shape

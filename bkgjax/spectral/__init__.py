@@ -1,7 +1,13 @@
 """Binned spectral models (XSPEC names and units), response folding and band fluxes."""
 
 from .components import COMPONENTS, CXB_GRUBER_NORM_SR, SR_TO_DEG2, powerlaw_integral
-from .flux import KEV_TO_ERG, energy_flux, flux_from_covariance, flux_samples, photon_flux
+from .flux import (
+    KEV_TO_ERG,
+    energy_flux,
+    flux_from_covariance,
+    flux_samples,
+    photon_flux,
+)
 from .model import (
     Model,
     ModelStructure,

@@ -13,7 +13,6 @@ restricted matrices used in fits) or sparse COO (``segment_sum``, for large RMFs
 from __future__ import annotations
 
 import jax
-import jax.numpy as jnp
 
 __all__ = ["fold_dense", "fold_sparse"]
 

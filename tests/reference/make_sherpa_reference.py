@@ -24,15 +24,13 @@ import sys
 import warnings
 
 import numpy as np
-from astropy.io import fits
-
 import sherpa
+import sherpa.stats
+from astropy.io import fits
 from sherpa.astro import ui
 from sherpa.astro.data import DataPHA
 from sherpa.models.basic import UserModel
-from sherpa.stats import Cash, CStat, WStat
-from sherpa.stats import _statfcts
-import sherpa.stats
+from sherpa.stats import Cash, CStat, WStat, _statfcts
 
 HERE = os.path.dirname(os.path.abspath(__file__))
 OUTFILE = os.path.join(HERE, "sherpa_reference.json")
