@@ -1,24 +1,28 @@
-"""Which of the survey engine's speed changes matter (issue 4): the jitted chunk runner of
-:mod:`bkgjax.missions.nustar_survey.engine` on the NEP-like 3-24 keV field with each change
-undone in turn, timed in one process (same keys, after a compiling warm-up call).
+"""Which of the survey engine's speed changes matter (issue 4): the jitted chunk runner
+:data:`bkgjax.missions.nustar_survey.driver.run_chunk` on the NEP-like 3-24 keV field with
+each change undone in turn, timed in one process (same keys, after a compiling warm-up
+call).
 
 Variants:
 
 * ``current``: the engine as it is;
-* ``no_materialise``: ``survey_vectorised._materialised`` replaced by the identity (XLA then
-  fuses the Poisson walk and the 20" stencil into their consumers and recomputes them);
-* ``fft_tophat``: the counts' 20" sums by the float64 FFT rounded to 1e-9 (the previous
-  engine) instead of the int32 run sums;
+* ``no_materialise``: ``xla_cpu.materialised`` replaced by its reference form, the identity
+  (XLA then fuses the Poisson walk, the photon positions and the 20" stencil into their
+  consumers and recomputes them);
+* ``fft_tophat``: the counts' 20" sums by the float64 FFT (rounded to integers, as the
+  detection takes int32 sums) instead of the int32 column-prefix sums;
 * ``walk_loop``: the background Poisson walk with its while loop in every simulation
-  (``SimConfig.finish_poisson_tail=True``) instead of the loop-free walk;
-* ``old_compaction``: the prefix-sum + scatter compaction instead of the bit-packed one;
+  (``SimExecution.finish_poisson_tail=True``) instead of the loop-free walk;
+* ``old_compaction``: the prefix-sum + scatter compaction instead of the bit-packed
+  ``xla_cpu.compact_indices``;
 * ``all_old``: all four undone.
 
-All variants must give the same detections (checked; ``fft_tophat`` differs by ~1e-13 in the
-counts sums, since XLA's ``round(x, 9)`` leaves 1-ulp non-integers, so its DET_ML agree to
-1e-11 and its count of screened pixels differs).  Writes ``results/survey_ablation.json``.
+All variants must give the same detections (checked: same pixels, DET_ML within 1e-10
+relative).  Writes ``results/survey_ablation.json``
+(``--results-dir`` elsewhere).
 
     python benchmarks/ablate_survey_engine.py            # 32 sims x 2 rounds per variant
+    python benchmarks/ablate_survey_engine.py --n-sims 4 --rounds 1 --variants current
 """
 
 from __future__ import annotations
@@ -38,8 +42,9 @@ VARIANTS = ("current", "no_materialise", "fft_tophat", "walk_loop", "old_compact
             "all_old")
 
 
-def _scan_scatter_compaction(mask, size):
-    """The previous ``survey_sky.compact_indices``: prefix sum + scatter over every pixel."""
+def _scan_scatter_compaction(mask, size, packed=None):
+    """The earlier ``compact_indices``: prefix sum + scatter over every pixel (``packed``, the
+    bit-packed mask of the current form, is ignored)."""
     import jax.numpy as jnp
     from jax import lax
 
@@ -56,49 +61,64 @@ def main(argv=None):
     ap.add_argument("--n-sims", type=int, default=32)
     ap.add_argument("--rounds", type=int, default=2)
     ap.add_argument("--batch-size", type=int, default=2)
+    ap.add_argument("--variants", default=",".join(VARIANTS),
+                    help="comma-separated subset of " + ", ".join(VARIANTS))
+    ap.add_argument("--results-dir", default=None,
+                    help="where survey_ablation.json goes (default: benchmarks/results)")
     args = ap.parse_args(argv)
+    variants = tuple(v for v in args.variants.split(",") if v)
+    if not variants or set(variants) - set(VARIANTS):
+        ap.error(f"--variants must name some of {VARIANTS}")
+    if "current" not in variants:
+        variants = ("current",) + variants  # the reference of the agreement check
 
     import jax
     import jax.numpy as jnp
     from bench_survey import load_field
 
     import bkgjax  # noqa: F401  (float64)
-    from bkgjax.missions.nustar_survey import engine as sv
-    from bkgjax.missions.nustar_survey import sky as ss
+    from bkgjax.missions.nustar_survey import driver as sv
+    from bkgjax.missions.nustar_survey import fixed_detection as fd
+    from bkgjax.missions.nustar_survey import xla_cpu
 
     expo, bkg, fcxb, scale = load_field("3-24")
     e, b, f = (jnp.asarray(a) for a in (expo, bkg, fcxb))
-    b_sum, limit = sv.detection_background(e, b, 20.0 / scale)
-    terms = sv.series_terms_for(b_sum, limit)
+    b_sum, limit = fd.detection_background(e, b, 20.0 / scale)
+    terms = fd.series_terms_for(b_sum, limit)
     split = sv.poisson_split_for(b, float(bkg.sum()))
     mt = jnp.asarray(float(bkg.sum()))
     chunk = 2 * args.batch_size
     keys = sv.simulation_keys(jax.random.PRNGKey(0), args.n_sims)
-    original = (sv._materialised, sv.tophat_sum_runs, ss.compact_indices)
+    physics = sv.SurveyPhysics(pixel_scale_arcsec=scale, max_sources=512, max_candidates=128,
+                               series_terms=terms, poisson_split_mean=split,
+                               max_bright_pixels=0)
+    # the callers look these up as module attributes at trace time, so replacing them there
+    # changes what the next compilation uses
+    original = (xla_cpu.materialised, fd.tophat_sum_runs, xla_cpu.compact_indices)
 
-    def fft_sums(image, radius_pix, exposure=None, integer=False):
-        return jnp.round(sv.tophat_sum_fft(image, radius_pix, exposure), 9)
+    def fft_sums(image, radius_pix, exposure=None, integer=False, dtype=jnp.float64):
+        sums = jnp.round(fd.tophat_sum_fft(image, radius_pix, exposure), 9)
+        return jnp.rint(sums).astype(dtype) if jnp.issubdtype(dtype, jnp.integer) else sums
 
-    times = {v: [] for v in VARIANTS}
+    times = {v: [] for v in variants}
     results = {}
     for _ in range(args.rounds):
-        for i, name in enumerate(VARIANTS):
+        for i, name in enumerate(variants):
             old = name == "all_old"
-            sv._materialised = (lambda x: x) if old or name == "no_materialise" else original[0]
-            sv.tophat_sum_runs = fft_sums if old or name == "fft_tophat" else original[1]
-            ss.compact_indices = (_scan_scatter_compaction if old or name == "old_compaction"
-                                  else original[2])
+            xla_cpu.materialised = (xla_cpu.materialised_reference
+                                    if old or name == "no_materialise" else original[0])
+            fd.tophat_sum_runs = fft_sums if old or name == "fft_tophat" else original[1]
+            xla_cpu.compact_indices = (_scan_scatter_compaction
+                                       if old or name == "old_compaction" else original[2])
             # a distinct (negligibly different) eval_fraction per variant: a new static
-            # config, so run_chunk compiles each variant instead of reusing the cache
-            cfg = sv.SimConfig(pixel_scale_arcsec=scale, max_sources=512, max_candidates=128,
-                               batch_size=args.batch_size, series_terms=terms,
-                               poisson_split_mean=split, max_bright_pixels=0,
-                               eval_fraction=0.08 + 1e-6 * i,
-                               finish_poisson_tail=old or name == "walk_loop")
+            # setting, so run_chunk compiles each variant instead of reusing the cache
+            execution = sv.SimExecution(batch_size=args.batch_size,
+                                        eval_fraction=0.08 + 1e-6 * i,
+                                        finish_poisson_tail=old or name == "walk_loop")
 
-            def run(k, cfg=cfg):
-                return sv.run_chunk(k, e, b, mt, f, b_sum, limit, cfg=cfg, use_match=True,
-                                    use_filler=True)
+            def run(k, execution=execution):
+                return sv.run_chunk(k, e, b, mt, f, b_sum, limit, physics=physics,
+                                    execution=execution, use_match=True, use_filler=True)
 
             jax.block_until_ready(run(keys[:chunk]))
             t0 = time.perf_counter()
@@ -107,9 +127,9 @@ def main(argv=None):
             times[name].append((time.perf_counter() - t0) / args.n_sims)
             results[name] = out
             print(f"{name:16s} {times[name][-1] * 1e3:7.1f} ms per simulation", flush=True)
-    sv._materialised, sv.tophat_sum_runs, ss.compact_indices = original
+    xla_cpu.materialised, fd.tophat_sum_runs, xla_cpu.compact_indices = original
     agree = {}
-    for name in VARIANTS:
+    for name in variants:
         same = all(np.array_equal(a.det_valid, c.det_valid) and np.array_equal(a.det_x, c.det_x)
                    and np.array_equal(a.det_y, c.det_y)
                    for a, c in zip(results["current"], results[name]))
@@ -127,7 +147,7 @@ def main(argv=None):
                "slowdown_vs_current": {k: v / median["current"] for k, v in median.items()},
                "agreement": agree}
     print({k: round(v, 2) for k, v in payload["slowdown_vs_current"].items()})
-    print("wrote", write_json("survey_ablation", payload))
+    print("wrote", write_json("survey_ablation", payload, args.results_dir))
 
 
 if __name__ == "__main__":

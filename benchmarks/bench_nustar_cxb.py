@@ -3,8 +3,9 @@ paper's procedure reimplemented in NumPy/SciPy.
 
 Task: one simulated campaign (:func:`bkgjax.missions.nustar_cxb.campaign.simulate_cubes`, fixed
 seed, the six data sets of the paper's Table 2, both FPMs, the paper's 20 bands in 3-20 keV).
-The per-band pixel templates are built exactly as :func:`run_analysis` builds them (masks by
-``pixel_mask``, chip factors M_bkg from the OCC 10-20 keV image by ``flat_from_occultation``),
+The per-band pixel templates are built exactly as :func:`run_analysis` builds them
+(``background_stage``: masks by ``pixel_mask``, chip factors M_bkg from the OCC 10-20 keV image
+by ``flat_from_occultation``; ``stack_module_inputs``),
 so both methods maximise the same likelihood of eq. (2)-(3) with two coefficients
 (N_bkg, N_apt) per band: 6 data sets x 2 FPMs x 20 bands = 240 fits.
 
@@ -35,7 +36,7 @@ Sections
    with ``--nuts 5:5,100:200,500:1000``); bulk ESS per second of the 3-20 keV flux and its
    posterior sd against the *conditional*
    one-step Hessian error sqrt(cov[CXB, CXB]) x flux unit (the posterior holds the chip factors
-   fixed; the one-step error in ``results["json"]`` adds their uncertainty).
+   fixed; the one-step error in ``results.payload`` adds their uncertainty).
 
 Writes ``benchmarks/results/nustar_cxb.json`` (``nustar_cxb_quick.json`` with ``--quick``).
 
@@ -75,8 +76,17 @@ from scipy.optimize import minimize  # noqa: E402
 
 import bkgjax  # noqa: E402,F401  (switches JAX to float64)
 from bkgjax.fit.templates import bootstrap_templates  # noqa: E402
-from bkgjax.missions.nustar_cxb import analysis as nc  # noqa: E402
+from bkgjax.missions.nustar_cxb.analysis import run_analysis  # noqa: E402
 from bkgjax.missions.nustar_cxb.campaign import PAPER_DATASETS, simulate_cubes  # noqa: E402
+from bkgjax.missions.nustar_cxb.one_step import campaign_posterior  # noqa: E402
+from bkgjax.missions.nustar_cxb.pixel_model import (  # noqa: E402
+    background_stage,
+    fit_pixel_stage,
+    stack_module_inputs,
+)
+from bkgjax.missions.nustar_cxb.records import AnalysisOptions, campaign_from_cubes  # noqa: E402
+from bkgjax.missions.nustar_cxb.spectral_stage import gruber_flux_3_20  # noqa: E402
+from bkgjax.stats.intervals import Z_90  # noqa: E402
 
 SEED = 2021
 #: (module index, band index) of the bands with the full reference bootstrap: soft (3.0 keV,
@@ -98,24 +108,17 @@ def build_inputs(seed, n_datasets):
     datasets = PAPER_DATASETS[:n_datasets]
     cubes = simulate_cubes(jax.random.PRNGKey(seed), datasets=datasets)
     cubes = {k: np.asarray(v) for k, v in cubes.items()}
-    campaign = nc.campaign_from_cubes(cubes, [d.name for d in datasets])
-    options = nc.AnalysisOptions(seed=seed)
-    masks, flats, factors = {}, {}, {}
-    for mod in campaign.modules:  # exactly run_analysis' first step
-        geometry = campaign.geometry(mod.fpm)
-        masks[id(mod)] = nc.pixel_mask(geometry, [mod.sci_counts, mod.occ_counts],
-                                       options.mask_chip_edges)
-        flats[id(mod)], factors[id(mod)], _ = nc.flat_from_occultation(
-            geometry, mod.occ_counts_10_20, mod.occ_exposure, masks[id(mod)], options.rpix)
-    modules = list(campaign.modules)
-    counts, templates, mask_arr = nc._stack_module_inputs(campaign, modules, "sci", options,
-                                                          flats, masks)
-    labels = [f"{m.dataset} {m.fpm}" for m in modules]
+    campaign = campaign_from_cubes(cubes, [d.name for d in datasets])
+    options = AnalysisOptions(seed=seed)
+    backgrounds = background_stage(campaign, options)  # exactly run_analysis' first stage
+    counts, templates, mask_arr = stack_module_inputs(campaign, range(len(campaign.modules)),
+                                                      "sci", options, backgrounds)
+    labels = [m.label for m in campaign.modules]
     return {"campaign": campaign, "options": options, "counts": counts, "templates": templates,
             "masks": mask_arr, "labels": labels, "e_lo": np.asarray(campaign.e_lo),
             "e_hi": np.asarray(campaign.e_hi),
-            "chip_factors": {lab: np.asarray(factors[id(m)]).tolist()
-                             for lab, m in zip(labels, modules)}}
+            "chip_factors": {lab: np.asarray(bg.chip_factors).tolist()
+                             for lab, bg in zip(labels, backgrounds)}}
 
 
 # ----------------------------------------------------------------------------------------------
@@ -257,7 +260,7 @@ def bench_bkgjax(inp, subset, n_boot, repeat, run_repeat):
         key = "pixel_stage_profile" if profile else "pixel_stage_hessian_only"
 
         def stage(profile=profile):
-            return nc.fit_pixel_stage(counts, templates, masks, profile=profile)
+            return fit_pixel_stage(counts, templates, masks, profile=profile)
 
         first, res = stopwatch(stage)
         t = timeit(stage, repeat=repeat, warmup=0)
@@ -273,7 +276,7 @@ def bench_bkgjax(inp, subset, n_boot, repeat, run_repeat):
 
     # (b) the whole analysis
     def analysis():
-        return nc.run_analysis(inp["campaign"], inp["options"])
+        return run_analysis(inp["campaign"], inp["options"])
 
     first, results = stopwatch(analysis)
     t = timeit(analysis, repeat=run_repeat, warmup=0)
@@ -289,7 +292,7 @@ def bench_bkgjax(inp, subset, n_boot, repeat, run_repeat):
     key = jax.random.PRNGKey(SEED + 1)
     for j, (i, b) in enumerate(subset):
         key, sub = jax.random.split(key)
-        best = jax.tree_util.tree_map(lambda x: x[i, b], fits)
+        best = jax.tree_util.tree_map(lambda x, i=i, b=b: x[i, b], fits)
         tmpl, msk = jnp.asarray(templates[i, b]), jnp.asarray(masks[i])
 
         def call(sub=sub, best=best, tmpl=tmpl, msk=msk):
@@ -342,7 +345,7 @@ def accuracy(inp, ref, bk, n_boot):
         if bk.get("n_apt_lower90") is not None:
             row["N_apt"]["profile90_half_width_over_1.645_sigma_boot"] = float(
                 0.5 * (bk["n_apt_upper90"][i, b] - bk["n_apt_lower90"][i, b])
-                / (nc.FWHM_90 * s["boot_sd"][1]))
+                / (Z_90 * s["boot_sd"][1]))
         rows.append(row)
     out["subset_bands"] = rows
     ratios = [r[p]["ratio_hessian_over_reference_bootstrap"] for r in rows for p in PARAMS]
@@ -367,20 +370,20 @@ def accuracy(inp, ref, bk, n_boot):
 
 
 def bench_nuts(results, runs, seed):
-    unit = nc._gruber_flux_3_20()
-    store = results["one_step"][0]
-    n_b = store["cxb_band"].shape[1]
-    cond = {name: float(math.sqrt(store["covariance"][i, n_b, n_b]) * unit)
-            for i, name in enumerate(store["modules"])}
-    mle = {name: float(store["theta"][i, n_b] * unit) for i, name in enumerate(store["modules"])}
+    unit = gruber_flux_3_20()
+    group = results.one_step[0]
+    n_b = group.n_bands
+    cond = {name: float(math.sqrt(group.covariance[i, n_b, n_b]) * unit)
+            for i, name in enumerate(group.modules)}
+    mle = {name: float(group.theta[i, n_b] * unit) for i, name in enumerate(group.modules)}
     full_err = {f"{e['name']} {e['fpm']}": e["one_step_flux_3_20"]["err1sigma"]
-                for e in results["json"]["datasets"]}
+                for e in results.payload["datasets"]}
     out = {"model": "one-step (CXB norm + soft norm + N_bkg per band), 2 chains vectorised",
-           "n_modules": len(store["modules"]), "n_coefficients_per_module": n_b + 2,
+           "n_modules": len(group.modules), "n_coefficients_per_module": n_b + 2,
            "runs": []}
     for warm, draws in runs:
-        opts = nc.AnalysisOptions(num_warmup=warm, num_samples=draws, seed=seed)
-        dt, post = stopwatch(lambda opts=opts: nc.campaign_posterior(results, opts))
+        opts = AnalysisOptions(num_warmup=warm, num_samples=draws, seed=seed)
+        dt, post = stopwatch(lambda opts=opts: campaign_posterior(results, opts))
         flux = post["flux_3_20"]
         ess = np.array([v["ess_bulk"] for v in flux.values()])
         sd_ratio = {k: v["sd"] / cond[k] for k, v in flux.items()}
@@ -416,7 +419,7 @@ def bench_nuts(results, runs, seed):
             out["per_iteration_s_estimate"] = b
             out["min_ess_bulk_per_s_sampling_only_estimate"] = (
                 r2["min_ess_bulk"] / max(r2["wall_s"] - a, 1e-9))
-            d = nc.AnalysisOptions()
+            d = AnalysisOptions()
             if (d.num_warmup, d.num_samples) not in [(r["num_warmup"], r["num_samples"])
                                                      for r in out["runs"]]:
                 # the default run (500 + 1000), not measured: a + b (500 + 1000), bulk ESS

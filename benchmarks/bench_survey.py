@@ -8,7 +8,7 @@ DET_ML) + match to the inputs within 30", on the NEP-like field of ``survey_simu
 
 Implementations (each timed in its own subprocess, so that its max RSS is its own):
 
-* ``jax``: :func:`bkgjax.missions.nustar_survey.engine.simulate_and_detect`, timed after a
+* ``jax``: :func:`bkgjax.missions.nustar_survey.driver.simulate_and_detect`, timed after a
   warm-up call that compiles (results come back as NumPy arrays, i.e. synchronised).
 * ``numpy``: a per-map NumPy/SciPy loop written here (:class:`NumpyDetector`): numpy RNG,
   source photons one by one as the JAX engine (``--numpy-generator binned``: the PSF-FFT
@@ -30,7 +30,7 @@ worker process per core; cost per simulation from a run of n and one of 16n
 times are reported).
 
 The JAX time per simulation includes the once-per-map setup of
-:func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect` (background sums and the
+:func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect` (background sums and the
 count screen, ``setup_s``, also reported alone); a calibration runs 1200 simulations per call.
 """
 
@@ -329,7 +329,8 @@ def worker_jax(args):
     import jax
 
     import bkgjax  # noqa: F401  (float64)
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
+    from bkgjax.missions.nustar_survey import fixed_detection as fd
 
     expo, bkg, fcxb, scale = load_field(args.band, args.crop)
     rss_before = _maxrss_mib()
@@ -346,7 +347,7 @@ def worker_jax(args):
     sv.simulate_and_detect(args.seed + 1, chunk, expo, bkg, scale, **kw)  # compiles
     first = time.perf_counter() - t0
     t0 = time.perf_counter()
-    jax.block_until_ready(sv.detection_background(expo, bkg, 20.0 / scale))
+    jax.block_until_ready(fd.detection_background(expo, bkg, 20.0 / scale))
     setup = time.perf_counter() - t0
     samples = []
     res = None
@@ -406,7 +407,8 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     import jax
     import jax.numpy as jnp
 
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
+    from bkgjax.missions.nustar_survey import fixed_detection as fd
     from bkgjax.missions.nustar_survey import sky as ss
 
     e, b, f = (jnp.asarray(a) for a in (expo, bkg, fcxb))
@@ -414,36 +416,38 @@ def profile_jax(expo, bkg, fcxb, scale, args, kw):
     area = float(np.sum(expo > 0)) * (scale / 3600.0) ** 2
     mu = ss.TREISTER09_APPROX.expected_number(area)
     max_sources = int(2 ** math.ceil(math.log2(max(16, int(mu + 8 * math.sqrt(mu) + 16)))))
-    cfg = sv.SimConfig(pixel_scale_arcsec=scale, band=args.band, max_sources=max_sources,
-                       max_candidates=128)
+    physics = sv.SurveyPhysics(pixel_scale_arcsec=scale, band=args.band,
+                               max_sources=max_sources, max_candidates=128)
+    execution = sv.SimExecution()
     keys = sv.simulation_keys(jax.random.PRNGKey(args.seed), args.batch_size)
     bdet = jnp.where(e > 0, b, 0.0)
-    r = cfg.aperture_arcsec / scale
-    b_sum, limit = sv.detection_background(e, b, r)
-    terms = sv.series_terms_for(b_sum, limit)
+    r = physics.aperture_arcsec / scale
+    b_sum, limit = fd.detection_background(e, b, r)
+    terms = fd.series_terms_for(b_sum, limit)
     split = sv.poisson_split_for(b, mt)
     max_bright = 0 if sv.background_mean_bound(b, e, mt, f) <= split else 4096
     unroll = sv.poisson_unroll_for(b, e, split, mt, f)
     gen = jax.jit(jax.vmap(lambda k: ss.simulate_sky_events(
-        k, e, b, scale, args.band, cfg.lognlogs, cfg.psf, max_sources, mt,
-        cfg.psf_radius_arcsec, f, poisson_split_mean=split, event_block=cfg.source_event_block,
-        max_bright=max_bright, finish_poisson_tail=cfg.finish_poisson_tail,
+        k, e, b, scale, args.band, physics.lognlogs, physics.psf, max_sources, mt,
+        physics.psf_radius_arcsec, f, poisson_split_mean=split,
+        event_block=physics.source_event_block,
+        max_bright=max_bright, finish_poisson_tail=execution.finish_poisson_tail,
         poisson_unroll=unroll, dtype=jnp.int32,
-        uniform_bits=cfg.background_uniform_bits)[0]))
+        uniform_bits=physics.background_uniform_bits)[0]))
 
     def det(counts, deblend):
-        return sv.detect_fixed(counts, bdet, e, r, 128, cfg.threshold_log10p,
-                               cfg.min_separation_arcsec / scale, deblend=deblend,
-                               pixel_scale_arcsec=scale, psf_profile=sv.psf_table(cfg.psf),
-                               eval_fraction=cfg.eval_fraction, count_limit=limit,
+        return fd.detect_fixed(counts, bdet, e, r, 128, physics.threshold_log10p,
+                               physics.min_separation_arcsec / scale, deblend=deblend,
+                               pixel_scale_arcsec=scale, psf_profile=fd.psf_table(physics.psf),
+                               eval_fraction=execution.eval_fraction, count_limit=limit,
                                background_sum=b_sum, series_terms=terms,
                                integer_counts=True).det_ml
 
     det_nodeb = jax.jit(jax.vmap(lambda c: det(c, False)))
     det_deb = jax.jit(jax.vmap(lambda c: det(c, True)))
-    tophat = jax.jit(jax.vmap(lambda c: sv.tophat_sum_runs(c, r, e, integer=True,
+    tophat = jax.jit(jax.vmap(lambda c: fd.tophat_sum_runs(c, r, e, integer=True,
                                                            dtype=jnp.int32)))
-    out = {"source_event_block": cfg.source_event_block, "series_terms": int(terms),
+    out = {"source_event_block": physics.source_event_block, "series_terms": int(terms),
            "poisson_split_mean": float(split), "max_bright_pixels": max_bright,
            "poisson_unroll": unroll}
     counts = jax.block_until_ready(gen(keys))
@@ -503,7 +507,8 @@ def agreement(args):
     import jax
 
     import bkgjax  # noqa: F401
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
+    from bkgjax.missions.nustar_survey import fixed_detection as fd
     from bkgjax.missions.nustar_survey import sky as ss
 
     expo, bkg, fcxb, scale = load_field(args.band, args.crop)
@@ -520,13 +525,13 @@ def agreement(args):
                                          ss.TREISTER09_APPROX, None, max_sources, mt, 150.0,
                                          fcxb, poisson_split_mean=sv.poisson_split_for(bkg, mt),
                                          max_bright=0,
-                                         uniform_bits=sv.SimConfig.background_uniform_bits)
+                                         uniform_bits=sv.SurveyPhysics.background_uniform_bits)
     counts = np.asarray(counts)
     assert np.allclose(np.asarray(cat.flux)[np.asarray(cat.valid)],
                        res.src_flux[0][res.src_valid[0]])
     # the regenerated image is the engine's: its 20" sums at the JAX detections are their
     # total counts (a different background draw, e.g. other uniforms, fails here)
-    sums = np.asarray(sv.tophat_sum_runs(counts, 20.0 / scale, expo, integer=True))
+    sums = np.asarray(fd.tophat_sum_runs(counts, 20.0 / scale, expo, integer=True))
     valid0 = res.det_valid[0]
     assert np.array_equal(sums[res.det_y[0][valid0].astype(int), res.det_x[0][valid0].astype(int)],
                           res.det_total_counts[0][valid0]), "regenerated map differs"

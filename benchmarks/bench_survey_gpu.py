@@ -8,7 +8,7 @@ phase's numbers written to the JSON as soon as they exist (a run cut short keeps
 1. machine description (``common.machine_info``, ``nvidia-smi``, JAX devices);
 2. the NumPy/SciPy loop (``bench_survey.NumpyDetector``, the same steps per map) on
    ``--n-numpy`` maps of the 3-24 keV NEP-like field, on one CPU core of the same host;
-3. :func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect` on that field for each
+3. :func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect` on that field for each
    ``--batch-sizes`` value (one chunk of ``batch_size`` simulations per jitted call): a first
    call of one chunk (compilation included), then ``--timed-chunks`` chunks timed (the
    engine returns NumPy arrays, so the time includes all device work and the transfers);
@@ -84,8 +84,7 @@ class Report:
 
     def write(self):
         self.data["elapsed_s"] = _elapsed()
-        self.path.parent.mkdir(parents=True, exist_ok=True)
-        self.path.write_text(json.dumps(common._to_jsonable(self.data), indent=1))
+        common.write_json(self.path.stem, self.data, self.path.parent)
 
 
 def numpy_loop(field, n_maps, seed):
@@ -108,7 +107,7 @@ def numpy_loop(field, n_maps, seed):
 def throughput(field, batch_size, timed_chunks, seed):
     import jax
 
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
 
     expo, bkg, fcxb, scale = field
     kw = dict(band="3-24", max_candidates=128, match_total_counts=float(bkg.sum()),
@@ -151,7 +150,7 @@ def compare_thresholds(table_path, reference_path):
 def calibration(args, per_sim_s, first_call_s, report):
     import jax
 
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
     from bkgjax.missions.nustar_survey import simulation as ssim
 
     cfg = ssim.read_survey_config(ssim.default_config_path())
@@ -276,7 +275,7 @@ def main(argv=None):
         "speedup_vs_numpy_loop": (np_t / best["per_sim_s"]) if np_t else None,
         "device_peak_mib": _peak_device_mib()}
     report.write()
-    _log(f"done: {json.dumps(common._to_jsonable(report.data['summary']))}")
+    _log(f"done: {json.dumps(report.data['summary'], default=str)}")
     return 0
 
 

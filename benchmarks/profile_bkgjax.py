@@ -198,8 +198,8 @@ def profile_batch(data, n, max_iters, repeat=3):
     model = powerlaw(**START)
     rows = []
     for mi in max_iters:
-        t_first, _ = stopwatch(lambda: fit_batch(model, data, sims, max_iter=mi))
-        tt = timeit(lambda: fit_batch(model, data, sims, max_iter=mi), repeat, warmup=0)
+        t_first, _ = stopwatch(lambda mi=mi: fit_batch(model, data, sims, max_iter=mi))
+        tt = timeit(lambda mi=mi: fit_batch(model, data, sims, max_iter=mi), repeat, warmup=0)
         t, res = tt["median_s"], tt["result"]
         rows.append({"max_iter": mi, "wall_s": t, "iqr_s": tt["iqr_s"], "first_call_s": t_first,
                      "n_iter_max": int(res.n_iter.max()),

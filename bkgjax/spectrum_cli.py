@@ -9,6 +9,7 @@ import json
 import os
 import sys
 import time
+import warnings
 from importlib import resources
 
 __all__ = ["demo_spectrum_path", "register", "write_json"]
@@ -58,7 +59,7 @@ def _print_posterior(posterior):
 def _fit_spectrum(args) -> int:
     import numpy as np
 
-    from bkgjax.fit import fit, guess_norms, load
+    from bkgjax.fit import BackgroundIgnoredWarning, fit, guess_norms, load
     from bkgjax.io import BkgjaxIOError
     from bkgjax.spectral import parse_model
 
@@ -66,13 +67,25 @@ def _fit_spectrum(args) -> int:
         print("error: --stat wstat needs the background spectrum; drop --no-background",
               file=sys.stderr)
         return 2
+    from bkgjax.fit.grouping import parse_grouping
+
     lo, hi = args.erange
     if not (0 < lo < hi):
-        print(f"error: --erange needs 0 < LO < HI keV, got {lo} {hi}", file=sys.stderr)
+        print(f"error: --erange needs 0 < LO < HI keV, got {lo:g} {hi:g}", file=sys.stderr)
+        return 2
+    for a, b in args.ignore:
+        if not (0 <= a < b):
+            print(f"error: --ignore needs 0 <= LO < HI keV, got {a:g} {b:g}", file=sys.stderr)
+            return 2
+    try:
+        grouping = parse_grouping(args.group)
+    except ValueError as err:
+        print(f"error: --group: {err}", file=sys.stderr)
         return 2
     try:
         model = parse_model(args.model)
-        data = load(args.pha, erange=(lo, hi), rmf=args.rmf, arf=args.arf,
+        data = load(args.pha, erange=(lo, hi), ignore=[tuple(r) for r in args.ignore],
+                    grouping=grouping, rmf=args.rmf, arf=args.arf,
                     use_background=not args.no_background)
     except (BkgjaxIOError, ValueError, FileNotFoundError) as err:
         print(f"error: {err}", file=sys.stderr)
@@ -82,18 +95,27 @@ def _fit_spectrum(args) -> int:
               file=sys.stderr)
         return 2
     model = guess_norms(model, data)
-    result = fit(model, data, args.stat, errors="profile", level=0.9,
-                 n_starts=args.starts)
     print(f"{args.pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
           + (", background loaded" if data.has_background else ""))
+    if data.has_background and args.stat in ("cash", "cstat"):
+        print(f"warning: {args.stat} fits the source counts alone: the loaded background "
+              f"spectrum is ignored; use --stat wstat to profile it, or --no-background",
+              file=sys.stderr)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", BackgroundIgnoredWarning)  # said once, above
+        result = fit(model, data, args.stat, errors="profile", level=0.9, n_starts=args.starts)
     print(result)
     payload = result.to_dict()
+    payload["data"] = {"erange_keV": [lo, hi], "ignore_keV": [list(r) for r in args.ignore],
+                       "grouping": str(grouping)}
     if args.sample:
         from bkgjax.infer import posterior_flux, run_nuts
 
-        idata = run_nuts(result.model, data, args.stat, num_warmup=args.warmup,
-                         num_samples=args.samples, num_chains=args.chains, seed=args.seed,
-                         posterior_predictive=False)
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BackgroundIgnoredWarning)
+            idata = run_nuts(result.model, data, args.stat, num_warmup=args.warmup,
+                             num_samples=args.samples, num_chains=args.chains, seed=args.seed,
+                             posterior_predictive=False)
         payload["posterior"] = _posterior_summary(idata, result.model)
         flux = posterior_flux(idata, result.model, lo, hi)
         payload["posterior_energy_flux"] = {
@@ -188,6 +210,11 @@ def register(sub) -> None:
     fs.add_argument("--stat", choices=("cash", "cstat", "wstat"), default="cstat")
     fs.add_argument("--erange", nargs=2, type=float, metavar=("LO", "HI"), default=(0.5, 7.0),
                     help="energy range in keV (channels overlapping it are used)")
+    fs.add_argument("--ignore", nargs=2, type=float, metavar=("LO", "HI"), action="append",
+                    default=[], help="ignore the bins overlapping LO-HI keV (repeatable)")
+    fs.add_argument("--group", default="file", metavar="SPEC",
+                    help="grouping: file (the PHA's GROUPING/QUALITY, default), none, "
+                         "min-counts:N or min-snr:S (over all channels, then the energy filter)")
     fs.add_argument("--no-background", action="store_true",
                     help="ignore BACKFILE (cash/cstat on the source spectrum alone)")
     fs.add_argument("--rmf", default=None, help="RMF overriding RESPFILE")

@@ -340,7 +340,7 @@ def _real_api():
 def test_whole_chip_identity_real_templates_as_written():
     """Whole-chip region, weights = template weights: the weighted sum of the 32 real S3 VFAINT
     templates, split into continuum and lines, equals the sum of the 32 files evaluated as
-    written (XspecModel.__call__, an independent evaluation path), to 1e-10."""
+    written (XspecTermModel.__call__, an independent evaluation path), to 1e-10."""
     api = _real_api()
     lib = api.load_template_library(7, "vfaint", TEMPLATES)
     lo, hi = E_LO[::5], E_HI[4::5]  # 50 eV photon bins, 0.2-12.5 keV
@@ -367,7 +367,7 @@ def test_whole_chip_identity_real_templates(ccd, mode):
     w = np.asarray(lib.template_weights, float)
     C, L = A.ccd_photon_model(cont, lines, w, w, 1.0)
     reference = np.zeros(lo.size)
-    for k, m in enumerate(lib.models):
+    for m in lib.models:
         for _label, _kind, spec in m.additive_terms(lo, hi, drop_fsline_norm_above=1.0):
             reference += lib.scale * np.asarray(spec)
     np.testing.assert_allclose(np.asarray(C) + np.asarray(L), reference, rtol=1e-10, atol=0)

@@ -28,8 +28,10 @@ def test_fit_spectrum_json_contract(tmp_path, capsys):
     np.testing.assert_allclose(payload["stat_value"], api.stat_value, rtol=1e-9)
     assert gamma["lower90"] < gamma["value"] < gamma["upper90"]  # absolute values, not offsets
     assert gamma["error"] > 0
-    printed = capsys.readouterr().out
-    assert "PhoIndex" in printed and "upper90" in printed
+    captured = capsys.readouterr()
+    assert "PhoIndex" in captured.out and "upper90" in captured.out
+    # cstat with the file's BACKFILE loaded: the user is told the background is ignored
+    assert "loaded background spectrum is ignored" in captured.err and "wstat" in captured.err
 
 
 def test_fit_spectrum_background_options(tmp_path):
@@ -75,3 +77,19 @@ def test_demo_runs_on_shipped_spectrum(tmp_path):
     assert payload["fits"]["cstat"]["converged"]
     assert abs(payload["fits"]["cstat"]["params"]["PhoIndex"]["value"] - 1.1877) < 1e-3
     assert (tmp_path / "demo_spectrum.png").stat().st_size > 10_000
+
+
+def test_cstat_with_loaded_background_warns_in_the_api():
+    from bkgjax.fit import BackgroundIgnoredWarning
+
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0))
+    model = guess_norms(powerlaw(), data)
+    with pytest.warns(BackgroundIgnoredWarning, match="background is ignored.*wstat"):
+        fit(model, data, "cstat", errors="covariance")
+    plain = load(demo_spectrum_path(), erange=(0.5, 7.0), use_background=False)
+    import warnings
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error", BackgroundIgnoredWarning)
+        fit(model, plain, "cstat", errors="covariance")  # no background: nothing to say
+        fit(model, data, "wstat", errors="covariance")   # wstat uses it

@@ -179,6 +179,40 @@ def test_fit_batch_equals_loop_and_no_recompilation(dgtau):
     assert fit_core._fit_many._cache_size() == n_batch
 
 
+def test_another_file_of_the_same_shapes_does_not_recompile(dgtau, tmp_path):
+    """SpectralData.name (the file path) is not part of the compilation key: fitting a copy
+    of the DG Tau spectrum under another name reuses the compiled fit."""
+    from jax._src import monitoring
+
+    source = Path(demo_spectrum_path())
+    for f in source.parent.iterdir():  # the copy's header names the same ARF/RMF
+        (tmp_path / f.name).symlink_to(f)
+    copy = tmp_path / "copy_of_dgtau_pha3.fits.gz"
+    copy.write_bytes(source.read_bytes())
+    other = load(copy, erange=(0.5, 7.0))
+    assert other.name == str(copy) and other.name != dgtau.name
+    start = pl(1.5, 1e-5)
+    first = fit(start, dgtau, "cstat", errors="profile")
+    n_compiled = fit_core._fit_one._cache_size()
+    compiles = []
+
+    def listener(event, duration, **kwargs):
+        if event.startswith("/jax/core/compile/"):
+            compiles.append(event)
+
+    monitoring.register_event_duration_secs_listener(listener)
+    try:
+        second = fit(start, other, "cstat", errors="profile")
+    finally:
+        monitoring.unregister_event_duration_listener(listener)
+    assert fit_core._fit_one._cache_size() == n_compiled
+    assert compiles == []  # nothing traced or compiled for the second file
+    assert second.values == first.values and second.stat_value == first.stat_value
+    # the name is kept through pytree operations (it is metadata, only not a cache key)
+    assert jax.tree_util.tree_map(lambda x: x, other).name == str(copy)
+    assert jax.tree_util.tree_structure(other) == jax.tree_util.tree_structure(dgtau)
+
+
 def test_fakeit_reproducible_and_poisson(dgtau):
     truth = pl(1.19, 1.31e-5)
     a, _ = fakeit(jax.random.PRNGKey(0), truth, dgtau, n=4000)

@@ -655,3 +655,34 @@ def test_dataclasses_are_frozen_and_validate(tmp_path):
               e_max=[2.0, 3.0], first_channel=1, rows=[0, 1, 1], cols=[0, 0, 1], values=[1.0, 0.25, 0.75])
     np.testing.assert_array_equal(rmf.dense(), [[1.0, 0.0], [0.25, 0.75]])
     assert rmf.n_energy == 2 and rmf.n_channels == 2
+
+
+@pytest.mark.parametrize("garbage, tlmin, first", [
+    (np.zeros(6, int), 0, 0),                      # all zeros, TLMIN4 of F_CHAN says 0
+    (np.zeros(6, int), None, 1),                   # all zeros, no TLMIN: OGIP default 1
+    (np.array([7, 3, 9, 9, 1, 2]), 1, 1),          # not increasing
+    (np.array([0.0, 1.5, np.nan, 3, 4, 5]), 0, 0),  # not integers
+])
+def test_rmf_unusable_ebounds_channel_read_by_row_order(tmp_path, garbage, tlmin, first):
+    """A real Chandra RMF whose EBOUNDS CHANNEL column holds no channel numbers: read by row
+    order (as XSPEC and Sherpa do) with a warning naming the file; the matrix is unchanged."""
+    args = ([1, 1, 1], [[first], [first + 2], [first + 3]], [[2], [2], [3]],
+            [[0.5, 0.5, 0.0], [0.2, 0.8, 0.0], [0.3, 0.3, 0.4]], "3E")
+
+    def with_channel(name, channel):
+        path = _raw_rmf(tmp_path / name, *args, tlmin=tlmin)
+        with fits.open(path, mode="update") as h:
+            cols = [c for c in h["EBOUNDS"].columns if c.name != "CHANNEL"]
+            fmt = "E" if np.asarray(channel).dtype.kind == "f" else "J"
+            h[2] = fits.BinTableHDU.from_columns(
+                [fits.Column(name="CHANNEL", format=fmt, array=channel)] + cols, name="EBOUNDS")
+        return path
+
+    good = read_rmf(with_channel("good.rmf", np.arange(first, first + 6)))
+    path = with_channel("garbage.rmf", garbage)
+    with pytest.warns(UserWarning, match=r"garbage\.rmf: EBOUNDS column CHANNEL holds no usable"):
+        rmf = read_rmf(path)
+    assert rmf.first_channel == first
+    np.testing.assert_array_equal(rmf.channel, np.arange(first, first + 6))
+    np.testing.assert_array_equal(rmf.dense(), good.dense())
+    np.testing.assert_array_equal(rmf.e_min, good.e_min)

@@ -3,6 +3,7 @@ bad input (Krivonos et al. 2021, nustar_cxb_stray_light.txt)."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 
 import jax
@@ -21,15 +22,15 @@ from bkgjax.fit.templates import (
     template_loglike,
     template_profile_bounds,
 )
-from bkgjax.missions.nustar_cxb import analysis as nc
 from bkgjax.missions.nustar_cxb import geometry as nustar
-from bkgjax.missions.nustar_cxb.campaign import (
-    PAPER_DATASETS,
-    CampaignTruth,
-    simulate_cubes,
-    write_campaign,
-)
+from bkgjax.missions.nustar_cxb.analysis import run_analysis
+from bkgjax.missions.nustar_cxb.campaign import PAPER_DATASETS, CampaignTruth, simulate_cubes
+from bkgjax.missions.nustar_cxb.campaign_files import write_campaign
 from bkgjax.missions.nustar_cxb.config import ConfigError, load_campaign, read_config
+from bkgjax.missions.nustar_cxb.pixel_model import fit_all_bands, fit_pixel_stage
+from bkgjax.missions.nustar_cxb.records import AnalysisOptions, campaign_from_cubes
+from bkgjax.missions.nustar_cxb.results import cosmic_variance
+from bkgjax.stats.intervals import Z_90
 
 TRUE_FLUX = CampaignTruth().cxb_flux_3_20
 
@@ -128,22 +129,22 @@ def test_pixel_stage_compiles_once():
     batch = np.stack([np.stack([counts, counts + 1])] * 2)
     tpl = np.broadcast_to(templates, (2, 2) + templates.shape)
     masks = np.stack([mask, mask])
-    nc.fit_pixel_stage(batch, tpl, masks, profile=False)
-    size = nc._fit_all._cache_size()
-    nc.fit_pixel_stage(batch + 2, tpl * 1.01, masks, profile=False)
-    assert nc._fit_all._cache_size() == size
+    fit_pixel_stage(batch, tpl, masks, profile=False)
+    size = fit_all_bands._cache_size()
+    fit_pixel_stage(batch + 2, tpl * 1.01, masks, profile=False)
+    assert fit_all_bands._cache_size() == size
 
 
 def _small_campaign(seed, n_datasets=2, scale=1.0):
     cubes = simulate_cubes(seed, CampaignTruth(), PAPER_DATASETS[:n_datasets],
                            scale_exposure=scale)
-    return nc.campaign_from_cubes(cubes, [d.name for d in PAPER_DATASETS[:n_datasets]])
+    return campaign_from_cubes(cubes, [d.name for d in PAPER_DATASETS[:n_datasets]])
 
 
 def test_pipeline_recovers_injected_flux_and_contract():
     campaign = _small_campaign(11)
-    results = nc.run_analysis(campaign, nc.AnalysisOptions())
-    payload = results["json"]
+    results = run_analysis(campaign, AnalysisOptions())
+    payload = results.payload
     assert len(payload["datasets"]) == 4
     truth = CampaignTruth()
     for entry in payload["datasets"]:
@@ -165,6 +166,13 @@ def test_pipeline_recovers_injected_flux_and_contract():
         assert np.all(np.abs(pull) < 4), pull
         one = entry["one_step_flux_3_20"]
         assert abs(one["value"] - f["value"]) < 0.5 * f["err1sigma"]
+    # stage records: one per module, in the campaign's order, immutable, behind the payload
+    assert all(s.module is m for s, m in zip(results.spectra, campaign.modules, strict=True))
+    assert len(results.backgrounds) == len(results.one_step_flux) == len(campaign.modules)
+    assert results.spectra[0].band_covariance.shape == (20, 20)
+    assert payload["datasets"][0]["flux_3_20"]["value"] == results.spectra[0].fit.flux_3_20
+    with pytest.raises(dataclasses.FrozenInstanceError):
+        results.spectra[0].fit.flux_3_20 = 0.0
     comb = payload["combined"]
     assert set(comb) >= {"flux_3_20", "rms_scatter_frac", "stat_err_frac"}
     assert comb["flux_3_20"]["lower90"] < comb["flux_3_20"]["value"] < comb["flux_3_20"]["upper90"]
@@ -177,8 +185,8 @@ def test_paper_exposures_snr_and_fpm_agreement():
     """Section 5.1: S/N 50-70 per data set (flux / 90 % half-width, as Table 4 implies) at the
     Table 2 exposures; FPMA and FPMB agree within errors."""
     cubes = simulate_cubes(7, CampaignTruth())
-    campaign = nc.campaign_from_cubes(cubes, [d.name for d in PAPER_DATASETS])
-    payload = nc.run_analysis(campaign, nc.AnalysisOptions(profile=False, one_step=False))["json"]
+    campaign = campaign_from_cubes(cubes, [d.name for d in PAPER_DATASETS])
+    payload = run_analysis(campaign, AnalysisOptions(profile=False, one_step=False)).payload
     snr = np.array([d["snr_90"] for d in payload["datasets"]])
     print("S/N (flux / 90 % half-width):", np.round(snr, 1))
     assert 45 < np.median(snr) < 75
@@ -194,18 +202,18 @@ def test_paper_exposures_snr_and_fpm_agreement():
 
 def test_cosmic_variance_equation_4():
     # 5.45e-2 * 2.5^(1/4) / sqrt(5) = 3.07 %
-    assert nc.cosmic_variance(2.5e-11, 5.0) == pytest.approx(5.45e-2 * 2.5**0.25 / 5**0.5)
-    assert nc.cosmic_variance(2.5e-11, 5.0) == pytest.approx(0.0306, abs=5e-4)
+    assert cosmic_variance(2.5e-11, 5.0) == pytest.approx(5.45e-2 * 2.5**0.25 / 5**0.5)
+    assert cosmic_variance(2.5e-11, 5.0) == pytest.approx(0.0306, abs=5e-4)
 
 
 def _coverage(n_campaigns, seed):
     cubes = simulate_cubes(seed, CampaignTruth(), n_campaigns=n_campaigns)
     names = [d.name for d in PAPER_DATASETS]
-    options = nc.AnalysisOptions(profile=False, one_step=False)
+    options = AnalysisOptions(profile=False, one_step=False)
     values, errors, fpms = [], [], []
     for i in range(n_campaigns):
         one = {k: (v[i] if k in ("sci", "occ", "occ_10_20") else v) for k, v in cubes.items()}
-        payload = nc.run_analysis(nc.campaign_from_cubes(one, names), options)["json"]
+        payload = run_analysis(campaign_from_cubes(one, names), options).payload
         for entry in payload["datasets"]:
             values.append(entry["flux_3_20"]["value"])
             errors.append(entry["flux_3_20"]["err1sigma"])
@@ -216,7 +224,7 @@ def _coverage(n_campaigns, seed):
 def _check_calibration(values, errors, fpms, tolerance):
     for fpm in ("FPMA", "FPMB"):
         sel = fpms == fpm
-        covered = np.mean(np.abs(values[sel] - TRUE_FLUX) <= 1.6448536 * errors[sel])
+        covered = np.mean(np.abs(values[sel] - TRUE_FLUX) <= Z_90 * errors[sel])
         bias = values[sel].mean() / TRUE_FLUX - 1
         print(f"{fpm}: 90 % coverage {covered:.3f} over {sel.sum()} intervals, bias "
               f"{100 * bias:+.3f} %")

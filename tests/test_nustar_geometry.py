@@ -137,7 +137,7 @@ def test_shipped_geometry_structure(fpm):
     assert g.n_subpixels.sum() < 360 * 360
     assert g.energy_lo[0] == pytest.approx(1.6) and g.energy_hi[-1] == pytest.approx(80.0, abs=1e-3)
     assert g.detabs.shape == (4, g.energy_lo.size) and g.be_window.shape == g.energy_lo.shape
-    res = importlib.resources.files("bkgjax").joinpath("data", "nustar", f"geometry_{fpm}.npz")
+    res = importlib.resources.files("bkgjax.missions.nustar_cxb").joinpath("data", f"geometry_{fpm}.npz")
     assert len(res.read_bytes()) < 200_000
 
 

@@ -19,11 +19,13 @@ from bkgjax.spectral import (
     cxb_gruber,
     energy_flux,
     expdec,
+    expression_kind,
     flux_from_covariance,
     flux_samples,
     fsline,
     gabs,
     gaussian,
+    parse_expression,
     parse_model,
     photon_flux,
     powerlaw,
@@ -151,6 +153,25 @@ def test_model_expressions_names_and_errors():
         component("powerlaw", Gamma=2.0)
     frozen = powerlaw().set("PhoIndex", 2.0, frozen=True)
     assert frozen.free_names == ("powerlaw.norm",)
+
+
+def test_one_expression_parser_for_models_and_xspec_files():
+    tree, names = parse_expression("Constant(powerlaw + gaussian)*gabs + expdec")
+    assert names == ("constant", "powerlaw", "gaussian", "gabs", "expdec")
+    assert tree == ("+", ("*", ("*", ("comp", "constant", 0),
+                                     ("+", ("comp", "powerlaw", 1), ("comp", "gaussian", 2))),
+                               ("comp", "gabs", 3)),
+                    ("comp", "expdec", 4))
+    assert expression_kind(tree) == "add" and expression_kind(parse_expression("gabs")[0]) == "mul"
+    # parse_model reads XSPEC's implicit product and names the components as Model does
+    m = parse_model("constant(powerlaw + gaussian + gaussian)")
+    assert str(m) == "constant * (powerlaw + gaussian + gaussian_2)"
+    for text, message in [("powerlaw + gabs", "cannot add additive and multiplicative"),
+                          ("powerlaw*gaussian", "cannot multiply two additive"),
+                          ("(powerlaw", "missing '\\)'"), ("2*powerlaw", "unexpected character"),
+                          ("powerlaw +", "ends unexpectedly"), ("mekal", "unknown model component")]:
+        with pytest.raises(ValueError, match=message):
+            parse_expression(text)
 
 
 def test_linked_parameters_follow_their_target():

@@ -80,13 +80,13 @@ def test_zero_counts_value_and_gradient_are_finite():
     assert float(jax.grad(lambda m: xlogy_safe(0.0, m))(0.0)) == 0.0
     for fn in (cash, cstat):
         assert float(fn(0.0, 0.0)) == 0.0
-        assert float(jax.grad(lambda m: fn(m, 0.0))(0.0)) == 2.0  # d(2M)/dM
+        assert float(jax.grad(lambda m, f=fn: f(m, 0.0))(0.0)) == 2.0  # d(2M)/dM
     assert float(poisson_loglike(0.0, 0.0)) == 0.0
     assert float(jax.grad(lambda m: poisson_loglike(m, 0.0))(0.0)) == -1.0
     # wstat: all zero, model zero, source zero, background zero
     for s, b, m in [(0.0, 0.0, 0.0), (0.0, 3.0, 0.0), (4.0, 0.0, 0.0), (0.0, 0.0, 1.0),
                     (4.0, 0.0, 0.4), (4.0, 0.0, 0.5)]:
-        value, grad = jax.value_and_grad(lambda mm: wstat(mm, s, b, 4.0))(m)
+        value, grad = jax.value_and_grad(lambda mm, s=s, b=b: wstat(mm, s, b, 4.0))(m)
         assert np.isfinite(value) and np.isfinite(grad), (s, b, m, value, grad)
 
 

@@ -207,7 +207,7 @@ def test_lognlogs_constant_omega():
 
 
 def test_end_to_end_threshold_table():
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
 
     h = w = 96
     scale = 2.46

@@ -179,7 +179,7 @@ def test_sources_recovered(sky, catalogue):
 
 
 def test_pair_deblended(catalogue):
-    (xa, ya, na), (xb, yb, nb) = SOURCES[2], SOURCES[3]
+    (xa, ya, na), (xb, yb, _) = SOURCES[2], SOURCES[3]
     rows = []
     for x0, y0 in ((xa, ya), (xb, yb)):
         d = np.hypot(catalogue["X"] - 1 - x0, catalogue["Y"] - 1 - y0)

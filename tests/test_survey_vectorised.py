@@ -1,4 +1,6 @@
-"""Vectorised JAX survey simulation + detection engine (issue 4): small synthetic field."""
+"""Vectorised JAX survey simulation (issue 4): the mock skies and the simulation driver on a
+small synthetic field (the detection maths: test_survey_fixed_detection.py; the XLA:CPU
+primitives: test_survey_xla_cpu.py)."""
 
 from __future__ import annotations
 
@@ -11,10 +13,11 @@ import pytest
 from scipy import stats
 
 import bkgjax  # noqa: F401  (float64)
-from bkgjax.missions.nustar_survey import detection as sd
-from bkgjax.missions.nustar_survey import engine as sv
+from bkgjax.missions.nustar_survey import driver as sv
+from bkgjax.missions.nustar_survey import fixed_detection as fd
 from bkgjax.missions.nustar_survey import instrument as ns
 from bkgjax.missions.nustar_survey import sky as ss
+from bkgjax.stats import intervals
 
 H = W = 128
 SCALE = 2.46
@@ -40,55 +43,6 @@ def field():
     expo[:, :10] = 0.0  # zero-exposure strip
     bkg = np.full((H, W), 0.02)
     return expo, bkg
-
-
-def test_fft_tophat_matches_direct(field):
-    expo, bkg = field
-    rng = np.random.default_rng(1)
-    img = rng.poisson(0.5, (H, W)).astype(float)
-    direct = np.asarray(sd.tophat_sum(img, RADIUS, expo))
-    fft = np.asarray(sv.tophat_sum_fft(img, RADIUS, expo))
-    np.testing.assert_allclose(fft, direct, rtol=0, atol=1e-9)
-    np.testing.assert_array_equal(np.round(fft, 9), direct)
-
-
-def _injected_image(expo):
-    """Four bright isolated sources on a slightly non-uniform background (no exact ties)."""
-    rng = np.random.default_rng(7)
-    bkg = 0.02 * (1.0 + 0.1 * rng.uniform(size=(H, W)))
-    kernel = ss.psf_kernel(SCALE)
-    point = np.zeros((H, W))
-    for (y, x) in ((30, 40), (90, 45), (40, 100), (100, 105)):
-        point[y, x] = 120.0
-    lam = np.asarray(ss.fft_convolve_same(point, kernel)) + bkg
-    counts = np.where(expo > 0, rng.poisson(np.maximum(lam, 0)), 0).astype(float)
-    return counts, bkg
-
-
-def test_detect_fixed_matches_numpy(field):
-    expo, _ = field
-    counts, bkg = _injected_image(expo)
-    logp = np.asarray(sd.false_probability_map(counts, bkg, expo, RADIUS))
-    y_np, x_np, v_np = sd.find_candidates(logp, ns.DETECTION_LOG10P)
-    det = sv.detect_fixed(counts, bkg, expo, RADIUS, 512)
-    valid = np.asarray(det.valid)
-    assert valid.sum() == len(x_np) >= 4
-    np.testing.assert_array_equal(np.asarray(det.x)[valid], x_np)
-    np.testing.assert_array_equal(np.asarray(det.y)[valid], y_np)
-    np.testing.assert_allclose(np.asarray(det.log10p)[valid], v_np, rtol=1e-10, atol=1e-12)
-    tot = sd.aperture_sums(counts, x_np, y_np, RADIUS, expo)
-    b = sd.aperture_sums(bkg, x_np, y_np, RADIUS, expo)
-    np.testing.assert_allclose(np.asarray(det.det_ml)[valid], np.asarray(sd.det_ml(tot, b)),
-                               rtol=1e-8)
-    # with the min-separation suppression (as detect() uses): same as the numpy greedy rule,
-    # and the four deepest are the four injected sources
-    y2, x2, v2 = sd.find_candidates(logp, ns.DETECTION_LOG10P, min_separation_pix=RADIUS)
-    det2 = sv.detect_fixed(counts, bkg, expo, RADIUS, 512, min_separation_pix=RADIUS)
-    v = np.asarray(det2.valid)
-    np.testing.assert_array_equal(np.asarray(det2.x)[v], x2)
-    np.testing.assert_array_equal(np.asarray(det2.y)[v], y2)
-    for (y, x) in ((30, 40), (90, 45), (40, 100), (100, 105)):
-        assert any(math.hypot(y - gy, x - gx) <= RADIUS for gy, gx in zip(y2[:4], x2[:4]))
 
 
 def test_sample_fluxes_follow_lognlogs():
@@ -159,77 +113,6 @@ def test_match_total_counts(field):
     np.testing.assert_allclose(float(np.asarray(lam)[expo > 0].sum()), target, rtol=1e-10)
 
 
-def test_match_catalogue():
-    det = jnp.array([[0.0, 0.0], [10.0, 0.0], [50.0, 50.0], [3.0, 0.0]])
-    dv = jnp.array([True, True, True, False])
-    src = jnp.array([[1.0, 0.0], [9.0, 1.0], [100.0, 100.0]])
-    m, j, f, sep = sv.match_catalogue(det, dv, src, jnp.array([1.0, 2.0, 3.0]),
-                                      jnp.array([True, True, True]), 12.2)
-    assert list(np.asarray(m)) == [True, True, False, False]
-    assert list(np.asarray(j)) == [0, 1, -1, -1]
-    assert list(np.asarray(f)) == [1.0, 2.0, 0.0, 0.0]
-
-
-def test_match_catalogue_ties_take_the_first_source():
-    """Equidistant sources: the lowest index, as jnp.argmin (the match is written as two
-    plain reductions); invalid sources are skipped even when nearer."""
-    det = jnp.array([[5.0, 5.0], [0.0, 0.0]])
-    src = jnp.array([[5.0, 6.0], [6.0, 5.0], [5.0, 4.0], [0.0, 0.5]])
-    src_valid = jnp.array([True, True, True, False])
-    m, j, _, sep = sv.match_catalogue(det, jnp.array([True, True]), src,
-                                      jnp.arange(4.0), src_valid, 2.0)
-    d2 = np.where(np.asarray(src_valid)[None, :],
-                  np.sum((np.asarray(det)[:, None] - np.asarray(src)[None]) ** 2, -1), np.inf)
-    assert list(np.asarray(j)) == [0, -1] and int(np.argmin(d2[0])) == 0
-    assert list(np.asarray(m)) == [True, False]
-    assert np.asarray(sep)[0] == 1.0 and np.isinf(np.asarray(sep)[1])
-
-
-def test_top_k_by_sort_key_equals_lax_top_k():
-    """The int64-key sort gives lax.top_k's values and positions: random scores with exact
-    ties, -inf padding, negative and positive values, k up to the length."""
-    rng = np.random.default_rng(5)
-    for n, k in ((4096, 512), (1000, 1000), (37, 5), (2, 1)):
-        score = rng.uniform(-50.0, 50.0, n)
-        score[rng.random(n) < 0.3] = -np.inf
-        score[rng.integers(0, n, n // 10 + 1)] = 7.25  # exact ties: lower index first
-        score[rng.integers(0, n, n // 20 + 1)] = -3.0
-        vals, pos = jax.jit(sv.top_k_by_sort_key, static_argnums=1)(jnp.asarray(score), k)
-        ref_vals, ref_pos = jax.lax.top_k(jnp.asarray(score), k)
-        np.testing.assert_array_equal(np.asarray(vals), np.asarray(ref_vals))
-        np.testing.assert_array_equal(np.asarray(pos), np.asarray(ref_pos))
-    # values closer than the key's resolution are ordered by index (documented): here the
-    # later one is larger by one ulp
-    close = jnp.asarray([1.0, np.nextafter(1.0, 2.0)])
-    assert list(np.asarray(sv.top_k_by_sort_key(close, 2)[1])) == [0, 1]
-
-
-def test_materialised_is_the_identity():
-    """The fusion barrier returns its input unchanged: integer images with negative and
-    extreme first and last entries (the offsets it reads), 1-D and 2-D, uint8, under jit
-    and vmap; other dtypes are refused."""
-    rng = np.random.default_rng(7)
-    image = rng.integers(-5, 50, (7, 9)).astype(np.int32)
-    image[0, 0], image[-1, -1] = -3, np.iinfo(np.int32).max
-    extreme = (np.arange(12, dtype=np.uint8) * 23).reshape(3, 4)
-    extreme[0, 0], extreme[-1, -1] = 255, 0
-    for x in (image, image.ravel(), (image > 10).astype(np.uint8), np.abs(image), extreme):
-        np.testing.assert_array_equal(np.asarray(jax.jit(ss.materialised)(jnp.asarray(x))), x)
-    batch = jnp.asarray(np.stack([image, -image, image[::-1]]))
-    np.testing.assert_array_equal(np.asarray(jax.jit(jax.vmap(ss.materialised))(batch)),
-                                  np.asarray(batch))
-    with pytest.raises(TypeError, match="integer"):
-        ss.materialised(jnp.ones(3))
-
-
-def test_count_true_is_exact():
-    """float32 counting of a mask equals the integer count (below 2^24 entries)."""
-    rng = np.random.default_rng(6)
-    for n, fraction in ((403225, 0.999), (403225, 1e-4), (17, 0.5), (2**20 + 3, 1.0)):
-        mask = rng.random(n) < fraction
-        assert int(jax.jit(ss.count_true)(jnp.asarray(mask))) == int(mask.sum())
-
-
 def test_simulate_and_detect_reproducible(field):
     expo, bkg = field
     kw = dict(max_sources=64, max_candidates=32, progress=False)
@@ -278,8 +161,8 @@ def test_screened_false_probability_map():
     point[rng.integers(20, n - 20, 60), rng.integers(20, n - 20, 60)] = rng.uniform(20, 400, 60)
     lam = np.asarray(ss.fft_convolve_same(point, kernel)) + bkg
     counts = rng.poisson(lam).astype(float)
-    full = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS)
-    screened = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
+    full = fd.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS)
+    screened = fd.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
                                eval_fraction=0.4)
     for name in ("x", "y", "valid", "log10p", "det_ml"):
         np.testing.assert_array_equal(np.asarray(getattr(full, name)),
@@ -288,14 +171,14 @@ def test_screened_false_probability_map():
     assert int(np.asarray(full.valid).sum()) > 10
     # the exact screen (count limit from the background sums) gives the same detections and
     # needs fewer exact evaluations than the first-series-term bound
-    b_sum, limit = sv.detection_background(expo, bkg, RADIUS)
-    exact = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
+    b_sum, limit = fd.detection_background(expo, bkg, RADIUS)
+    exact = fd.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
                             eval_fraction=0.4, count_limit=limit, background_sum=b_sum)
     for name in ("x", "y", "valid", "log10p", "det_ml"):
         np.testing.assert_array_equal(np.asarray(getattr(full, name)),
                                       np.asarray(getattr(exact, name)))
-    logp_full = np.asarray(sv.intervals.log_false_probability(
-        np.round(np.asarray(sv.tophat_sum_fft(counts, RADIUS, expo)), 9), b_sum)) / np.log(10)
+    logp_full = np.asarray(intervals.log_false_probability(
+        np.round(np.asarray(fd.tophat_sum_fft(counts, RADIUS, expo)), 9), b_sum)) / np.log(10)
     n_below = int(np.sum(logp_full <= -2.5))
     # exact up to the pixels within the 1e-6 safety margin of the threshold
     assert n_below <= int(exact.n_logp_needed) <= n_below * 1.001
@@ -311,95 +194,13 @@ def test_screened_false_probability_map():
         assert_same_simulations(a, b)
 
 
-def test_zero_exposure_no_nan(field):
-    expo, bkg = field
-    counts = np.full((H, W), 1.0)  # counts even on zero-exposure pixels: ignored
-    det = sv.detect_fixed(counts, bkg, expo, RADIUS, 16)
-    assert np.all(np.isfinite(np.asarray(det.det_ml)))
-    assert np.all(np.asarray(det.exposure)[np.asarray(det.valid)] > 0)
-    det0 = sv.detect_fixed(np.zeros((H, W)), bkg, np.zeros((H, W)), RADIUS, 16)
-    assert not np.any(np.asarray(det0.valid))
-    assert np.all(np.isfinite(np.asarray(det0.det_ml)))
-
-
-def test_nnls_fixed_matches_scipy():
-    from scipy.optimize import nnls
-
-    rng = np.random.default_rng(5)
-    for trial in range(30):
-        n = 12
-        m = np.diag(np.full(n, 0.32)) + rng.uniform(0, 0.06, (n, n)) * (rng.uniform(size=(n, n))
-                                                                         < 0.3)
-        valid = rng.uniform(size=n) < 0.8
-        t = rng.normal(20.0, 40.0, n)
-        s = np.asarray(sv.nnls_fixed(jnp.asarray(m), jnp.asarray(t), jnp.asarray(valid)))
-        ref = np.zeros(n)
-        idx = np.flatnonzero(valid)
-        ref[idx], _ = nnls(m[np.ix_(idx, idx)], t[idx])
-        np.testing.assert_allclose(s, ref, rtol=1e-8, atol=1e-8)
-
-
-def _blended_image(expo):
-    """A bright source with a faint neighbour at 40" and an isolated faint one."""
-    rng = np.random.default_rng(21)
-    bkg = 0.03 * (1.0 + 0.1 * rng.uniform(size=(H, W)))
-    kernel = ss.psf_kernel(SCALE)
-    point = np.zeros((H, W))
-    point[60, 60] = 900.0
-    point[60, 84] = 150.0  # 24 px = 59" away
-    point[100, 30] = 120.0
-    lam = np.asarray(ss.fft_convolve_same(point, kernel)) + bkg
-    counts = np.where(expo > 0, rng.poisson(np.maximum(lam, 0)), 0).astype(float)
-    return counts, bkg
-
-
-def test_deblended_detection_matches_numpy(field):
-    """detect_fixed(deblend=True) = the numpy chain find_candidates -> prune_candidates ->
-    psf_overlap_matrix(90") -> deblend on the same (unrefined) positions."""
-    expo, _ = field
-    counts, bkg = _blended_image(expo)
-    logp = np.asarray(sd.false_probability_map(counts, bkg, expo, RADIUS))
-    y, x, _ = sd.find_candidates(logp, ns.DETECTION_LOG10P, min_separation_pix=RADIUS)
-    tot = sd.aperture_sums(counts, x, y, RADIUS, expo)
-    b = sd.aperture_sums(bkg, x, y, RADIUS, expo)
-    m_full = sd.psf_overlap_matrix(x, y, RADIUS, SCALE, exposure=expo,
-                                   max_separation_arcsec=math.inf)
-    keep, _ = sd.prune_candidates(tot, b, m_full)
-    x, y, tot, b = x[keep], y[keep], tot[keep], b[keep]
-    m = sd.psf_overlap_matrix(x, y, RADIUS, SCALE, exposure=expo)
-    b_deb, s_ref = sd.deblend(tot, b, m)
-    dml_ref = np.asarray(sd.det_ml(tot, b_deb))
-
-    det = sv.detect_fixed(counts, bkg, expo, RADIUS, 64, min_separation_pix=RADIUS,
-                          deblend=True, pixel_scale_arcsec=SCALE)
-    v = np.asarray(det.valid)
-    np.testing.assert_array_equal(np.asarray(det.x)[v], x)
-    np.testing.assert_array_equal(np.asarray(det.y)[v], y)
-    np.testing.assert_allclose(np.asarray(det.bkg_counts)[v], b_deb, rtol=1e-5)
-    np.testing.assert_allclose(np.asarray(det.source_counts)[v], s_ref, rtol=1e-5, atol=1e-6)
-    np.testing.assert_allclose(np.asarray(det.det_ml)[v], dml_ref, rtol=1e-4)
-    # the neighbour of the bright source: its background grows by the bright wing, so the
-    # deblended DET_ML is well below the raw one (118 -> 30 here); the isolated source keeps
-    # most of its DET_ML (66 -> 60: a 59"-distant ripple candidate takes a little)
-    i_nb = int(np.argmin(np.hypot(np.asarray(det.x) - 84, np.asarray(det.y) - 60)
-                         + np.where(v, 0, 1e9)))
-    assert np.asarray(det.det_ml)[i_nb] < 0.5 * np.asarray(det.det_ml_raw)[i_nb]
-    i_iso = int(np.argmin(np.hypot(np.asarray(det.x) - 30, np.asarray(det.y) - 100)
-                          + np.where(v, 0, 1e9)))
-    assert np.asarray(det.det_ml)[i_iso] > 0.8 * np.asarray(det.det_ml_raw)[i_iso]
-    # without deblending, DET_ML is the raw value and more candidates survive (no pruning)
-    det0 = sv.detect_fixed(counts, bkg, expo, RADIUS, 64, min_separation_pix=RADIUS)
-    assert int(np.asarray(det0.valid).sum()) >= int(v.sum())
-    np.testing.assert_array_equal(np.asarray(det0.det_ml), np.asarray(det0.det_ml_raw))
-
-
 _SHARD_SCRIPT = r"""
 import os, sys, json
 os.environ["XLA_FLAGS"] = "--xla_force_host_platform_device_count=4"
 import numpy as np, jax
 sys.path.insert(0, sys.argv[1])
 import bkgjax
-from bkgjax.missions.nustar_survey import engine as sv
+from bkgjax.missions.nustar_survey import driver as sv
 assert len(jax.devices()) == 4, jax.devices()
 expo = np.full((64, 64), 1e5); bkg = np.full((64, 64), 0.02)
 kw = dict(max_sources=32, max_candidates=16, progress=False, batch_size=2, batches_per_chunk=1)
@@ -530,34 +331,6 @@ def test_poisson_image_distribution(mean, uniform_bits):
     assert abs(rest.mean() - 0.5) < 5 * math.sqrt(0.5 / rest.size)
 
 
-def test_overlap_matrix_table_matches_numpy_at_edges():
-    """The table form of M_ij (fully exposed aperture table minus the PSF on unexposed
-    aperture pixels) equals survey_detection.psf_overlap_matrix, also for candidates on the
-    image edge and next to an exposure gap, whatever the block size of the edge loop."""
-    rng = np.random.default_rng(11)
-    expo = np.full((120, 150), 1e5)
-    expo[40:60, 70:90] = 0.0  # a gap
-    x = np.concatenate([[0.0, 149.0, 5.0, 69.0, 80.0], rng.integers(0, 150, 15)]).astype(float)
-    y = np.concatenate([[0.0, 119.0, 60.0, 50.0, 61.0], rng.integers(0, 120, 15)]).astype(float)
-    valid = np.ones(x.size, bool)
-    valid[-1] = False
-    ref = sd.psf_overlap_matrix(x[valid], y[valid], RADIUS, SCALE, exposure=expo,
-                                max_separation_arcsec=math.inf)
-    psf_r, psf_v = sv.psf_table()
-    for block in (2048, 16):
-        m = np.asarray(sv.overlap_matrix_fixed(jnp.asarray(x), jnp.asarray(y),
-                                               jnp.asarray(valid), expo, RADIUS, SCALE,
-                                               psf_r, psf_v, edge_block=block))
-        # atol: the profile table ends at 400" (psf_table), the reference does not
-        np.testing.assert_allclose(m[np.ix_(valid, valid)], ref, rtol=2e-4, atol=1e-5)
-        close = np.hypot(x[valid][:, None] - x[valid], y[valid][:, None] - y[valid]) < 140
-        np.testing.assert_allclose(m[np.ix_(valid, valid)][close], ref[close], rtol=2e-4,
-                                   atol=1e-12)
-        assert np.all(m[~valid] == 0) and np.all(m[:, ~valid] == 0)
-    # the edge candidates lost part of their aperture
-    assert ref[0, 0] < 0.5 * ref[5, 5] and ref[3, 3] < ref[5, 5]
-
-
 def test_poisson_split_for_background():
     """The Poisson split mean is 2 counts unless more than 2048 background pixels exceed it
     (then the next power of two), with the background scaled up to the matched total."""
@@ -603,13 +376,11 @@ def test_log_false_probability_series_matches_scipy(block):
     nothing."""
     from scipy.special import gammainc
 
-    from bkgjax.stats import intervals
-
     rng = np.random.default_rng(4)
     b = rng.uniform(1e-3, 400.0, 5000)
     c = np.floor(b + rng.uniform(0.5, 6.0, b.size) * np.sqrt(b) + 1.0)
     n_terms = intervals.false_probability_series_terms(c, b)
-    assert n_terms <= intervals._SERIES_UNROLL_MAX  # unrolled
+    assert n_terms <= intervals.SERIES_UNROLL_MAX  # unrolled
     reference = np.log(gammainc(c, b))
     value = np.asarray(intervals.log_false_probability_series(c, b, n_terms, block))
     np.testing.assert_allclose(value, reference, rtol=1e-11, atol=1e-11)
@@ -623,96 +394,12 @@ def test_log_false_probability_series_matches_scipy(block):
     c_big = np.array([1e4, 1e5, 3e5])
     b_big = c_big - 3.0 * np.sqrt(c_big)
     n_big = intervals.false_probability_series_terms(c_big, b_big)
-    assert n_big > intervals._SERIES_UNROLL_MAX
+    assert n_big > intervals.SERIES_UNROLL_MAX
     np.testing.assert_allclose(
         np.asarray(intervals.log_false_probability_series(c_big, b_big, n_big, block)),
         np.log(gammainc(c_big, b_big)), rtol=0, atol=2e-9)
     with pytest.raises(ValueError, match="counts_min > background"):
         intervals.false_probability_series_terms([3.0], [5.0])
-
-
-def test_screened_series_path_matches_full_map():
-    n = 300
-    rng = np.random.default_rng(8)
-    expo = np.full((n, n), 2e5)
-    expo[:, :7] = 0.0
-    # a non-uniform background: with a flat one, equal-count neighbours tie up to the FFT
-    # round-off of the background sums, and the two log P evaluations break such ties
-    # differently in the last digit
-    bkg = 0.3 * (1.0 + 0.1 * rng.uniform(size=(n, n)))
-    point = np.zeros((n, n))
-    point[rng.integers(20, n - 20, 40), rng.integers(20, n - 20, 40)] = rng.uniform(20, 400, 40)
-    lam = np.asarray(ss.fft_convolve_same(point, ss.psf_kernel(SCALE))) + bkg
-    counts = rng.poisson(lam).astype(float)
-    full = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS)
-    b_sum, limit = sv.detection_background(expo, bkg, RADIUS)
-    terms = sv.series_terms_for(b_sum, limit)
-    fast = sv.detect_fixed(counts, bkg, expo, RADIUS, 128, min_separation_pix=RADIUS,
-                           eval_fraction=0.3, count_limit=limit, background_sum=b_sum,
-                           series_terms=terms)
-    v = np.asarray(full.valid)
-    np.testing.assert_array_equal(np.asarray(fast.valid), v)
-    for name in ("x", "y"):  # invalid slots hold arbitrary pixels
-        np.testing.assert_array_equal(np.asarray(getattr(full, name))[v],
-                                      np.asarray(getattr(fast, name))[v])
-    np.testing.assert_allclose(np.asarray(fast.log10p), np.asarray(full.log10p), rtol=1e-11)
-    np.testing.assert_allclose(np.asarray(fast.det_ml), np.asarray(full.det_ml), rtol=1e-11)
-    assert int(np.asarray(full.valid).sum()) > 10
-
-
-def test_compact_indices_equals_nonzero():
-    """The bit-packed compaction equals jnp.nonzero: sparse and dense masks, lengths that are
-    not multiples of 32, lists shorter (overflow: the first entries) and longer (padding)."""
-    rng = np.random.default_rng(2)
-    compact = jax.jit(ss.compact_indices, static_argnums=1)  # one compilation per shape
-
-    def reference(mask, size):  # jnp.nonzero(mask.ravel(), size=size, fill_value=mask.size)
-        out = np.full(size, mask.size)
-        found = np.flatnonzero(mask)[:size]
-        out[:found.size] = found
-        return out
-
-    cases = [(5000, 0.03, (10, 150, 6000)), (1, 1.0, (3,)), (33, 0.5, (5, 40)),
-             (64, 1.0, (70,)), (100, 0.0, (10,)), (4097, 0.9, (100, 5000)),
-             (3 * 32, 0.2, (96,))]
-    for n, fraction, sizes in cases:
-        mask = rng.random(n) < fraction
-        mask[-1] = fraction > 0  # the last bit of a partial word
-        for size in sizes:
-            np.testing.assert_array_equal(np.asarray(compact(mask, size)),
-                                          reference(mask, size))
-    image_mask = rng.random((37, 41)) < 0.1  # 2-D input: flat indices
-    np.testing.assert_array_equal(np.asarray(compact(image_mask, 400)),
-                                  reference(image_mask, 400))
-    np.testing.assert_array_equal(np.asarray(jnp.nonzero(mask, size=100, fill_value=n)[0]),
-                                  reference(mask, 100))  # the reference is jnp.nonzero's
-
-
-@pytest.mark.parametrize("radius", [0.7, 1.0, 2.5, 3.0, RADIUS])
-def test_tophat_runs_match_direct(radius):
-    """The direct run sums equal the top-hat convolution exactly on integer images (int32
-    and float64) and to round-off on real-valued ones, zero-exposure pixels excluded."""
-    rng = np.random.default_rng(int(radius * 10))
-    expo = np.where(rng.random((40, 53)) < 0.2, 0.0, 1e5)
-    img = rng.poisson(1.5, expo.shape).astype(float)
-    direct = np.asarray(sd.tophat_sum(img, radius, expo))
-    np.testing.assert_array_equal(np.asarray(sv.tophat_sum_runs(img, radius, expo,
-                                                                integer=True)), direct)
-    np.testing.assert_array_equal(np.asarray(sv.tophat_sum_runs(img, radius, expo)), direct)
-    smooth = rng.random(expo.shape)
-    np.testing.assert_allclose(np.asarray(sv.tophat_sum_runs(smooth, radius, expo)),
-                               np.asarray(sd.tophat_sum(smooth, radius, expo)), rtol=1e-13)
-    kernel = sd.tophat_kernel(radius)
-    assert sum(2 * half + 1 for _, half in sv.tophat_runs(radius)) == kernel.sum()
-    # the int32 path sums column prefix sums: a column whose total exceeds 2^31 (two bright
-    # pixels far apart) still gives exact sums where each sum fits (int32 wraps mod 2^32)
-    from scipy.signal import convolve2d
-
-    bright = np.zeros((60, 25), np.int64)
-    bright[5, 12] = bright[50, 12] = 1_500_000_000
-    np.testing.assert_array_equal(
-        np.asarray(sv.tophat_sum_runs(bright, radius, integer=True, dtype=jnp.int64)),
-        convolve2d(bright, kernel.astype(np.int64), mode="same"))
 
 
 def test_poisson_image_32_bit_uniforms():
@@ -813,37 +500,6 @@ def test_simulate_and_detect_redraws_unfinished_poisson_walks(field):
         assert_same_simulations(a, b)
 
 
-def test_suppression_and_pruning_match_sequential_references():
-    """_suppress and prune_fixed equal the sequential greedy passes of the NumPy detection:
-    the minimum-separation rule of survey_detection.find_candidates, written out here, and
-    survey_detection.prune_candidates, on candidates with long dependency chains (each
-    decision depends on the previous ones)."""
-    rng = np.random.default_rng(12)
-    n = 96
-    x = np.cumsum(rng.uniform(0.0, 3.0, n))  # a chain: each close to the previous ones
-    y = rng.uniform(0.0, 4.0, n)
-    valid = rng.random(n) < 0.9
-    keep_ref = np.zeros(n, bool)
-    for i in range(n):
-        close = (x[:i] - x[i]) ** 2 + (y[:i] - y[i]) ** 2 < 5.0**2
-        keep_ref[i] = valid[i] and not np.any(close & keep_ref[:i])
-    keep = np.asarray(sv._suppress(jnp.asarray(y), jnp.asarray(x), jnp.asarray(valid), 5.0))
-    np.testing.assert_array_equal(keep, keep_ref)
-    assert 10 < keep.sum() < valid.sum()
-    # pruning: totals falling with depth, strong overlaps between neighbours
-    total = np.round(np.linspace(400.0, 40.0, n) + rng.uniform(0, 5, n))
-    bkg = rng.uniform(15.0, 25.0, n)
-    d = np.abs(np.arange(n)[:, None] - np.arange(n)[None, :])
-    overlap = np.where(d == 0, 0.32, 0.5 * np.exp(-d / 2.0))
-    keep_np, s_np = sd.prune_candidates(total, bkg, overlap)
-    keep_j, s_j = sv.prune_fixed(jnp.asarray(total), jnp.asarray(bkg), jnp.asarray(overlap),
-                                 jnp.ones(n, bool), ns.DETECTION_LOG10P)
-    np.testing.assert_array_equal(np.asarray(keep_j), keep_np)
-    np.testing.assert_allclose(np.asarray(s_j), s_np, rtol=1e-12, atol=1e-12)
-    # kept and pruned candidates alternate along the chain (each decision needs the last)
-    assert 5 < keep_np.sum() < n - 5 and np.sum(keep_np[1:] != keep_np[:-1]) > 10
-
-
 def test_source_events_follow_psf_and_poisson():
     """Photon-by-photon sources: per-source totals ~ Poisson(mu EEF(150")), radii follow the
     truncated PSF (KS test against its EEF)."""
@@ -894,3 +550,23 @@ def test_source_photons_beyond_one_block_are_all_drawn(field):
         assert np.all(np.asarray(image)[~good] == 0)
     with pytest.raises(ValueError, match="block must be a positive integer"):
         ss.source_events_image(jax.random.PRNGKey(5), cat, good, SCALE, block=0)
+
+
+def test_settings_split_into_physics_and_execution():
+    """simulate_and_detect's extra keywords are fields of SurveyPhysics or SimExecution
+    (others are refused before any work); SimExecution's dispatch-only fields stay out of
+    its equality and hash (the jit key of run_chunk), its compiled ones do not."""
+    expo = np.full((32, 32), 1e5)
+    bkg = np.full((32, 32), 0.02)
+    with pytest.raises(TypeError, match="unknown setting"):
+        sv.simulate_and_detect(0, 2, expo, bkg, SCALE, eval_fractoin=0.5)
+    a = sv.SimExecution(batch_size=4, batches_per_chunk=2, processes=1, progress=True)
+    b = sv.SimExecution(batch_size=4, batches_per_chunk=16, processes=2, progress=False,
+                        shard=False)
+    assert a == b and hash(a) == hash(b)
+    assert a != sv.SimExecution(batch_size=4, eval_fraction=0.5)
+    physics = {f for f in sv.SurveyPhysics.__dataclass_fields__}
+    execution = {f for f in sv.SimExecution.__dataclass_fields__}
+    assert not physics & execution
+    assert {"eval_fraction", "poisson_unroll", "batch_size"} <= execution
+    assert {"max_candidates", "source_event_block", "poisson_split_mean"} <= physics

@@ -1,4 +1,5 @@
-"""XSPEC model-file reader (bkgjax.io.xspec_model) and the component formulas it evaluates.
+"""XSPEC model files: the reader (bkgjax.io.xspec_model), their evaluation
+(bkgjax.spectral.xspec_terms) and the component formulas it uses.
 
 References are independent of the code under test: scipy.integrate.quad of the analytic
 densities (XSPEC model definitions; fsline as in ../shared/data/README.md), closed forms with
@@ -22,11 +23,17 @@ import bkgjax  # noqa: F401  (float64)
 from bkgjax.io.errors import BkgjaxIOError, MissingFileError
 from bkgjax.io.xspec_model import XspecModel, parse_xspec_model, read_xspec_model
 from bkgjax.spectral.components import COMPONENTS
+from bkgjax.spectral.xspec_terms import XspecTermModel
 
 RTOL = 1e-6  # acceptance tolerance against numerical integration
 
 SHARED = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 TEMPLATES = SHARED / "chandra" / "mkacispback"
+
+
+def load(path) -> XspecTermModel:
+    """Read a model file and make it evaluable."""
+    return XspecTermModel.from_parsed(read_xspec_model(path))
 
 
 def template_files():
@@ -79,10 +86,11 @@ def test_powerlaw_and_expdec_against_quad():
     hi = np.geomspace(0.3, 11.0, 61)[1:]
     for index in (0.62, 1.0, 2.3):
         np.testing.assert_allclose(component("powerlaw", lo, hi, index, 0.015),
-                                   quad_bins(lambda e: 0.015 * e ** -index, lo, hi), rtol=RTOL)
+                                   quad_bins(lambda e, i=index: 0.015 * e ** -i, lo, hi),
+                                   rtol=RTOL)
     for factor in (0.0, 1.63784, 5.0):
         np.testing.assert_allclose(component("expdec", lo, hi, factor, 0.0219),
-                                   quad_bins(lambda e: 0.0219 * math.exp(-factor * e), lo, hi),
+                                   quad_bins(lambda e, f=factor: 0.0219 * math.exp(-f * e), lo, hi),
                                    rtol=RTOL)
 
 
@@ -237,10 +245,10 @@ model  constant(powerlaw + gaussian + fsline) + gabs*expdec
 
 
 @pytest.fixture()
-def hand_model(tmp_path) -> XspecModel:
+def hand_model(tmp_path) -> XspecTermModel:
     path = tmp_path / "hand.xcm"
     path.write_text(HAND_WRITTEN)
-    return read_xspec_model(path)
+    return load(path)
 
 
 def reference_hand_model(values, lo, hi):
@@ -260,6 +268,12 @@ def reference_hand_model(values, lo, hi):
 
 def test_hand_written_file_structure(hand_model):
     m = hand_model
+    parsed = m.parsed
+    assert isinstance(parsed, XspecModel)
+    # the reader keeps the file as written: linked parameters have a link and no value
+    assert parsed.parameters[16].link == "p2" and parsed.parameters[16].value is None
+    assert parsed.links[0] == (16, ("p", 1))
+    assert parsed.components == m.components and parsed.parameters[:16] == m.parameters[:16]
     assert m.components == ("constant", "powerlaw", "gaussian", "fsline", "gabs", "expdec")
     assert m.n_parameters == 15 and m.n_groups == 2 and len(m.parameters) == 30
     assert m.header == ("method leven 10 0.01", "abund angr", "statistic cstat")
@@ -388,6 +402,18 @@ def test_inconsistent_files_are_clear_errors(tmp_path, changes, message):
         read_xspec_model(write(tmp_path, text))
 
 
+def test_purely_multiplicative_model_and_bad_link_values(tmp_path):
+    with pytest.raises(BkgjaxIOError, match=r"line 1: model expression 'constant\*gabs' has no "
+                                            "additive component"):
+        parse_xspec_model("model constant*gabs\n" + "1 -1 0 0 10 10\n" * 4, "x.mo")
+    # links parse in io; their values are resolved (and checked) by the evaluator
+    text = HAND_WRITTEN.replace("= 2*p6\n", "= p6 / 0\n")
+    parsed = read_xspec_model(write(tmp_path, text))
+    assert parsed.parameters[20].link == "p6 / 0" and parsed.parameters[20].value is None
+    with pytest.raises(ValueError, match=r"bad\.mo, line 25: link '= p6 / 0' evaluates to nan"):
+        XspecTermModel.from_parsed(parsed)
+
+
 def test_missing_file_and_missing_model_command(tmp_path):
     with pytest.raises(MissingFileError, match="nothere.mo: XSPEC model file not found"):
         read_xspec_model(tmp_path / "nothere.mo")
@@ -411,7 +437,7 @@ def test_all_templates_parse_with_matching_counts_and_links():
     assert len(files) == 416
     n_param_per_component = {name: len(spec.params) for name, spec in COMPONENTS.items()}
     for path in files:
-        m = read_xspec_model(path)
+        m = load(path)
         raw = raw_parameter_lines(path)
         words = re.findall(r"[a-z]+", m.expression)
         assert m.components == tuple(words), path
@@ -432,7 +458,7 @@ def test_all_templates_parse_with_matching_counts_and_links():
 
 
 def _eager_vs_jit(path, nested=True, op_by_op=True):
-    m = read_xspec_model(path)
+    m = load(path)
     lo = np.arange(0.3, 11.5, 0.01)
     hi = lo + 0.01
     first = np.asarray(m(lo, hi))

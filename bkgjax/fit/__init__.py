@@ -1,6 +1,7 @@
 """Maximum-likelihood fitting: datasets, Newton/LM and L-BFGS minimisers, errors."""
 
 from .core import (
+    BackgroundIgnoredWarning,
     BatchFitResult,
     FitOptions,
     FitResult,
@@ -20,6 +21,9 @@ from .dataset import (
     total_statistic_of_theta,
 )
 from .optimize import (
+    CONVERGED_STATUSES,
+    BoundFlag,
+    FitStatus,
     lbfgs,
     levenberg_marquardt,
     profile_bounds,
@@ -29,7 +33,11 @@ from .optimize import (
 from .reference import NelderMeadResult, fit_nelder_mead
 
 __all__ = [
+    "BackgroundIgnoredWarning",
     "BatchFitResult",
+    "BoundFlag",
+    "CONVERGED_STATUSES",
+    "FitStatus",
     "FitOptions",
     "FitResult",
     "NelderMeadResult",

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import json
 import math
+import warnings
 from dataclasses import dataclass, field
 from functools import partial
 from typing import NamedTuple
@@ -38,7 +39,10 @@ from .dataset import (
     total_statistic_of_theta,
 )
 from .optimize import (
+    CONVERGED_STATUSES,
     STATUS_MESSAGES,
+    BoundFlag,
+    FitStatus,
     lbfgs,
     levenberg_marquardt,
     profile_bounds,
@@ -121,8 +125,8 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
         (values, s1), (_, s2) = jax.jvp(bin_first, (mu,), (jnp.ones_like(mu),))
         grad_theta = jac @ s1
         weights = data.matrix @ (scale * s1)                        # (E,)
-        # forward-over-forward: the model is cheap and has few inputs (2.4x faster than
-        # jax.hessian's reverse-over-forward here)
+        # forward-over-forward: the model is cheap and has few inputs, where this is cheaper
+        # than jax.hessian's reverse-over-forward
         curvature = jax.jacfwd(jax.jacfwd(lambda t: flux_of_theta(t) @ weights))(theta)
         return jnp.sum(values), grad_theta, (jac * s2) @ jac.T + curvature
 
@@ -264,8 +268,9 @@ class FitResult:
 
     ``values`` holds every parameter; ``errors`` (1 sigma, covariance) and ``intervals``
     (profile bounds at ``level``, absolute values) hold the free ones.  ``bound_flags`` per
-    free parameter: (lower, upper) with 1 = found, 2 = the profile did not reach the level
-    before the parameter limit (the bound is the limit), 3 = a lower minimum was met.
+    free parameter: (lower, upper) :class:`~bkgjax.fit.optimize.BoundFlag` values, 1 = found,
+    2 = the profile did not reach the level before the parameter limit (the bound is the
+    limit), 3 = a lower minimum was met.
     """
 
     model: Model
@@ -337,14 +342,29 @@ class FitResult:
             row = f"{display[name]:22s} {self.values[name]:14.6g} {self.errors[name]:12.4g}"
             if name in self.intervals:
                 lo, hi = self.intervals[name]
-                flags = self.bound_flags.get(name, (1, 1))
-                mark = lambda v, f: f"{v:14.6g}" + ("*" if f != 1 else " ")  # noqa: E731
+                flags = self.bound_flags.get(name, (BoundFlag.FOUND, BoundFlag.FOUND))
+                mark = lambda v, f: f"{v:14.6g}" + ("*" if f != BoundFlag.FOUND else " ")  # noqa: E731
                 row += f" {mark(lo, flags[0])}{mark(hi, flags[1])}"
             rows.append(row + f" {self.model[name].unit}")
         tail = ""
-        if any(f != 1 for fl in self.bound_flags.values() for f in fl):
+        if any(f != BoundFlag.FOUND for fl in self.bound_flags.values() for f in fl):
             tail = "\n* bound at a parameter limit or not found (see bound_flags)"
         return head + "\n".join(rows) + tail
+
+
+class BackgroundIgnoredWarning(UserWarning):
+    """A background spectrum is loaded but the statistic (cash, cstat) fits the source counts
+    alone, so the background is not used (XSPEC and Sherpa say the same)."""
+
+
+def warn_if_background_ignored(data: SpectralData, stat: str, *, stacklevel: int = 3) -> None:
+    """Warn (:class:`BackgroundIgnoredWarning`) when ``stat`` ignores the loaded background."""
+    if stat in ("cash", "cstat") and data.has_background:
+        warnings.warn(
+            f"{data.name or 'spectrum'}: a background spectrum is loaded but {stat} fits the "
+            f"source counts alone, so the background is ignored; use stat='wstat' (background "
+            f"profiled), or load without it (use_background=False; CLI --no-background)",
+            BackgroundIgnoredWarning, stacklevel=stacklevel)
 
 
 def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = "profile",
@@ -373,6 +393,7 @@ def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = 
     if errors not in ("profile", "covariance"):
         raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
     free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
+    warn_if_background_ignored(data, stat)
     options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
                          level=float(level), n_starts=int(n_starts))
     out = _fit_one(theta_all, lower, upper, jax.random.PRNGKey(seed), data,
@@ -387,7 +408,7 @@ def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitRe
     cov = np.asarray(out["covariance"])
     sig = np.sqrt(np.where(np.diag(cov) > 0, np.diag(cov), np.nan))
     errors = dict(zip(free_names, (float(s) for s in sig)))
-    status = int(out["status"])
+    status = FitStatus(int(out["status"]))
     intervals, flags = {}, {}
     if options.profile:
         for k, name in enumerate(free_names):
@@ -401,7 +422,7 @@ def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitRe
         stat_value=float(out["stat_value"]),
         dof=data.n_bins - len(free_names),
         n_bins=data.n_bins,
-        converged=status in (1, 4),
+        converged=status in CONVERGED_STATUSES,
         reason=STATUS_MESSAGES[status],
         n_iter=int(out["n_iter"]),
         free_names=free_names,
@@ -500,7 +521,7 @@ def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
         stat=stat,
         values=out["theta"],
         stat_value=out["stat_value"],
-        converged=np.isin(status, (1, 4)),
+        converged=np.isin(status, CONVERGED_STATUSES),
         status=status,
         n_iter=out["n_iter"],
         covariance=cov,

@@ -27,9 +27,10 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from ..io import SpectrumFiles, channel_overlap_mask, group_index, load_spectrum
+from ..io import SpectrumFiles, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
 from ..stats import cash, cstat, wstat
+from .grouping import group_min_counts, group_min_snr, noticed_groups, parse_grouping
 
 __all__ = ["SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
            "total_statistic_of_theta"]
@@ -39,6 +40,14 @@ STATISTICS = ("cash", "cstat", "wstat")
 
 @dataclass(frozen=True)
 class SpectralData:
+    """Arrays of one spectrum's noticed bins (see the module docstring); a JAX pytree.
+
+    The arrays are the pytree's leaves.  ``name`` (the file path, for messages and plots) is
+    metadata that is not part of the compilation key: spectra of the same shapes share the
+    compiled fits whatever their names.  (A jitted function that *returns* a SpectralData
+    returns it with the name of the one it was first traced with.)
+    """
+
     counts: jax.Array
     exposure: jax.Array
     areascal: jax.Array
@@ -119,30 +128,39 @@ class SpectralData:
         )
 
     @classmethod
-    def from_files(cls, files: SpectrumFiles, erange=None, *, use_background=True,
-                   name=None) -> "SpectralData":
-        """Build from :class:`bkgjax.io.SpectrumFiles` (see :func:`load`)."""
+    def from_files(cls, files: SpectrumFiles, erange=None, *, ignore=(), grouping="file",
+                   use_background=True, name=None) -> "SpectralData":
+        """Build from :class:`bkgjax.io.SpectrumFiles` (see :func:`load`): ``grouping`` and
+        the noticed range ``erange`` minus the ``ignore`` ranges select whole groups
+        (:mod:`bkgjax.fit.grouping`)."""
         src, rmf, arf = files.source, files.rmf, files.arf
         name = name or (src.path or "spectrum")
         n_chan = src.counts.size
         good = np.ones(n_chan, dtype=bool)
         if src.quality is not None:
             good &= np.asarray(src.quality) == 0
-        if erange is not None:
-            lo, hi = (float(x) for x in erange)
-            good &= channel_overlap_mask(rmf.e_min, rmf.e_max, lo, hi)
-        groups = group_index(src.grouping, n_chan)
-        noticed_groups = np.unique(groups[good])
-        if noticed_groups.size == 0:
-            raise ValueError(f"{name}: no channel left after the energy filter {erange} and "
-                             "QUALITY screening")
+        spec = parse_grouping(grouping)
+        ranges = _check_ranges(name, erange, ignore)
+        if spec.kind == "file":
+            groups = group_index(src.grouping, n_chan)
+        elif spec.kind == "none":
+            groups = np.arange(n_chan)
+        else:
+            make = group_min_counts if spec.kind == "min-counts" else group_min_snr
+            flags, quality = make(src.counts, spec.value, good)
+            good &= quality == 0
+            groups = group_index(flags, n_chan)
+        used = noticed_groups(groups, good, rmf.e_min, rmf.e_max, erange, ranges)
+        good &= used[groups]
+        noticed_groups_ = np.unique(groups[good])
+        if noticed_groups_.size == 0:
+            raise ValueError(f"{name}: no channel left after the energy filter {erange}, the "
+                             f"ignored ranges {list(ranges)}, grouping {spec} and QUALITY screening")
         # channel -> noticed group one-hot (bad-quality channels contribute nothing)
-        position = {g: k for k, g in enumerate(noticed_groups)}
-        grouping_matrix = np.zeros((n_chan, noticed_groups.size))
+        position = {g: k for k, g in enumerate(noticed_groups_)}
+        grouping_matrix = np.zeros((n_chan, noticed_groups_.size))
         for c in np.nonzero(good)[0]:
             grouping_matrix[c, position[groups[c]]] = 1.0
-        # also drop channels of a noticed group that lie outside the filter? XSPEC/Sherpa keep
-        # whole groups; we keep the group's good channels that were noticed only.
         response = rmf.dense()
         if arf is not None:
             response = response * np.asarray(arf.specresp)[:, None]
@@ -154,9 +172,9 @@ class SpectralData:
         counts = src.counts @ grouping_matrix
         areascal = _group_mean(src.areascal, grouping_matrix)
         bin_lo = np.array([rmf.e_min[grouping_matrix[:, k] > 0].min()
-                           for k in range(noticed_groups.size)])
+                           for k in range(noticed_groups_.size)])
         bin_hi = np.array([rmf.e_max[grouping_matrix[:, k] > 0].max()
-                           for k in range(noticed_groups.size)])
+                           for k in range(noticed_groups_.size)])
         bkg_counts = ratio = None
         if use_background and files.background is not None:
             bkg = files.background
@@ -185,12 +203,53 @@ class SpectralData:
         )
 
 
-jax.tree_util.register_dataclass(
-    SpectralData,
-    data_fields=["counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo",
-                 "bin_hi", "background_counts", "background_ratio"],
-    meta_fields=["name"],
-)
+class _Label:
+    """Pytree metadata that travels with a tree but does not key compilation caches.
+
+    All labels compare equal and hash alike, so two trees that differ only in their label
+    have equal tree structures: ``jax.jit`` reuses its compiled function for them.  The
+    label itself is kept (``tree_map``, ``jit`` arguments and outputs unflatten with the
+    label of the tree that was flattened)."""
+
+    __slots__ = ("value",)
+
+    def __init__(self, value):
+        self.value = value
+
+    def __eq__(self, other):
+        return isinstance(other, _Label)
+
+    def __hash__(self):
+        return hash(_Label)
+
+    def __repr__(self):
+        return f"_Label({self.value!r})"
+
+
+_DATA_FIELDS = ("counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo", "bin_hi",
+                "background_counts", "background_ratio")
+
+
+def _flatten_with_keys(data):
+    children = tuple((jax.tree_util.GetAttrKey(f), getattr(data, f)) for f in _DATA_FIELDS)
+    return children, _Label(data.name)
+
+
+def _flatten(data):
+    return tuple(getattr(data, f) for f in _DATA_FIELDS), _Label(data.name)
+
+
+def _unflatten(label, children):
+    obj = object.__new__(SpectralData)
+    for f, value in zip(_DATA_FIELDS, children):
+        object.__setattr__(obj, f, value)
+    object.__setattr__(obj, "name", label.value)
+    return obj
+
+
+# The arrays are the leaves; ``name`` (the file path) is metadata held by a _Label, so fitting
+# another file of the same shapes reuses the compiled fit instead of recompiling for the name.
+jax.tree_util.register_pytree_with_keys(SpectralData, _flatten_with_keys, _unflatten, _flatten)
 
 
 def _group_mean(values, grouping_matrix):
@@ -212,13 +271,33 @@ def _check_counts(counts, what):
                          "background-subtracted spectrum passed?)")
 
 
-def load(pha, erange=None, *, rmf=None, arf=None, background="auto", use_background=True,
-         row=None) -> SpectralData:
+def _check_ranges(name, erange, ignore):
+    """Validate the noticed range and the ignored ranges (keV): finite, 0 <= lo < hi."""
+    ranges = []
+    for what, pair in ([("erange", erange)] if erange is not None else []) + \
+            [("ignore", r) for r in ignore]:
+        try:
+            lo, hi = (float(x) for x in pair)
+        except (TypeError, ValueError):
+            raise ValueError(f"{name}: {what} must be a pair (LO, HI) of energies in keV, "
+                             f"got {pair!r}") from None
+        if not (np.isfinite(lo) and np.isfinite(hi) and 0 <= lo < hi):
+            raise ValueError(f"{name}: {what} needs finite 0 <= LO < HI keV, got {lo:g} {hi:g}")
+        if what == "ignore":
+            ranges.append((lo, hi))
+    return tuple(ranges)
+
+
+def load(pha, erange=None, *, ignore=(), grouping="file", rmf=None, arf=None, background="auto",
+         use_background=True, row=None) -> SpectralData:
     """Read a PHA (+ background, RMF, ARF from its header keywords or the arguments) and build
-    a :class:`SpectralData` noticing ``erange = (lo, hi)`` keV."""
+    a :class:`SpectralData` noticing ``erange = (lo, hi)`` keV minus the ``ignore`` ranges
+    (a sequence of (lo, hi) pairs), with ``grouping`` ``"file"`` (default), ``"none"``,
+    ``"min-counts:N"`` or ``"min-snr:S"`` (:mod:`bkgjax.fit.grouping`)."""
     files = load_spectrum(pha, rmf=rmf, arf=arf,
                           background=background if use_background else None, row=row)
-    return SpectralData.from_files(files, erange, use_background=use_background)
+    return SpectralData.from_files(files, erange, ignore=ignore, grouping=grouping,
+                                   use_background=use_background)
 
 
 def predicted_counts(structure, theta, data: SpectralData):

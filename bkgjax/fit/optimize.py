@@ -15,6 +15,7 @@ identity for none).
 
 from __future__ import annotations
 
+import enum
 from typing import NamedTuple
 
 import jax
@@ -30,17 +31,48 @@ __all__ = [
     "profile_bounds",
     "venzon_moolgavkar",
     "MinimizeResult",
+    "FitStatus",
+    "BoundFlag",
+    "CONVERGED_STATUSES",
     "STATUS_MESSAGES",
 ]
 
+
+class FitStatus(enum.IntEnum):
+    """Status code of :func:`levenberg_marquardt` and :func:`lbfgs` (``MinimizeResult.status``,
+    an integer array under jit/vmap; compare it with these members)."""
+
+    RUNNING = 0
+    CONVERGED = 1  # Newton decrement (L-BFGS: gradient) below tolerance
+    MAX_ITER = 2
+    NON_FINITE = 3
+    STALLED = 4  # no step decreases the statistic: at a minimum to machine precision
+
+    @property
+    def message(self) -> str:
+        return STATUS_MESSAGES[self]
+
+
+#: statuses of a successful minimisation (a stall is at the minimum to machine precision)
+CONVERGED_STATUSES = (FitStatus.CONVERGED, FitStatus.STALLED)
+
+class BoundFlag(enum.IntEnum):
+    """Outcome of one profile-likelihood bound of :func:`profile_bounds`."""
+
+    RUNNING = 0
+    FOUND = 1
+    NOT_REACHED = 2  # the profile does not reach the level before a limit / max_excursion
+    LOWER_MINIMUM = 3  # a lower minimum was met: the fit was not at the global minimum
+
+
 STATUS_MESSAGES = {
-    0: "running",
-    1: "Newton decrement below tolerance",
-    2: "maximum number of iterations reached",
-    3: "non-finite statistic or gradient at the starting point",
-    4: "no step decreases the statistic (damping exhausted); at a minimum to machine precision",
+    FitStatus.RUNNING: "running",
+    FitStatus.CONVERGED: "Newton decrement below tolerance",
+    FitStatus.MAX_ITER: "maximum number of iterations reached",
+    FitStatus.NON_FINITE: "non-finite statistic or gradient at the starting point",
+    FitStatus.STALLED: "no step decreases the statistic (damping exhausted); at a minimum to "
+                       "machine precision",
 }
-_RUNNING, _CONVERGED, _MAXITER, _NONFINITE, _STALLED = 0, 1, 2, 3, 4
 
 
 # ----------------------------------------------------------------------------------------------
@@ -146,10 +178,10 @@ def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, d
 
     f0, g0, h0 = masked(x0)
     finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0 * free_f)) & jnp.all(jnp.isfinite(h0))
-    status0 = jnp.where(finite0, _RUNNING, _NONFINITE)
+    status0 = jnp.where(finite0, FitStatus.RUNNING, FitStatus.NON_FINITE)
 
     def cond(state):
-        return state[6] == _RUNNING
+        return state[6] == FitStatus.RUNNING
 
     def body(state):
         x, f, g, h, lam, it, status = state
@@ -170,9 +202,11 @@ def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, d
         h = jnp.where(accept, h_new, h)
         lam = jnp.where(accept, jnp.maximum(lam * 0.1, 1e-12), lam * 10.0)
         it = it + 1
-        status = jnp.where(converged, _CONVERGED, _RUNNING)
-        status = jnp.where((status == _RUNNING) & (lam > 1e16), _STALLED, status)
-        status = jnp.where((status == _RUNNING) & (it >= max_iter), _MAXITER, status)
+        status = jnp.where(converged, FitStatus.CONVERGED, FitStatus.RUNNING)
+        running = status == FitStatus.RUNNING
+        status = jnp.where(running & (lam > 1e16), FitStatus.STALLED, status)
+        running = status == FitStatus.RUNNING
+        status = jnp.where(running & (it >= max_iter), FitStatus.MAX_ITER, status)
         return x, f, g, h, lam, it, status
 
     init = (x0, f0, g0, h0, jnp.asarray(lam0, x0.dtype), jnp.asarray(0), status0)
@@ -209,8 +243,8 @@ def lbfgs(fun, x0, *, derivatives=None, max_iter=1000, gtol=1e-8, memory_size=10
     x, _, _, _, it = jax.lax.while_loop(cond, body, carry)
     f, g, h = (derivatives or hessian_derivatives(fun))(x)
     status = jnp.where(
-        ~jnp.isfinite(f), _NONFINITE,
-        jnp.where(jnp.max(jnp.abs(g)) < gtol * 10, _CONVERGED, _MAXITER),
+        ~jnp.isfinite(f), FitStatus.NON_FINITE,
+        jnp.where(jnp.max(jnp.abs(g)) < gtol * 10, FitStatus.CONVERGED, FitStatus.MAX_ITER),
     )
     return MinimizeResult(x, f, g, it, status, h)
 
@@ -258,7 +292,7 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
             return (jnp.abs(f - target) < tol) & (jnp.abs(decrement) < gtol)
 
         def cond(state):
-            return state[-1] == 0
+            return state[-1] == BoundFlag.RUNNING
 
         def body(state):
             x, res, jac, alpha, it, flag = state
@@ -275,15 +309,17 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
             it = it + 1
             done = valid & converged(f_n, g_n, h_n)
             failed = (alpha < 1e-3) | (it >= max_iter) | (jnp.abs(x[j] - x_best[j]) > max_excursion)
-            flag = jnp.where(done, 1, jnp.where(failed, 2, 0))
+            flag = jnp.where(done, BoundFlag.FOUND,
+                             jnp.where(failed, BoundFlag.NOT_REACHED, BoundFlag.RUNNING))
             return x, res, jac, alpha, it, flag
 
         f0, g0, h0, res0, jac0 = residual(x0)
         ok0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(h0))
-        flag0 = jnp.where(ok0, jnp.where(converged(f0, g0, h0), 1, 0), 2)
+        flag0 = jnp.where(ok0, jnp.where(converged(f0, g0, h0), BoundFlag.FOUND, BoundFlag.RUNNING),
+                          BoundFlag.NOT_REACHED)
         state = (x0, res0, jac0, jnp.asarray(1.0), jnp.asarray(0), flag0)
         x, _, _, _, _, flag = jax.lax.while_loop(cond, body, state)
-        return x[j], flag == 1
+        return x[j], flag == BoundFlag.FOUND
 
     values, ok = jax.vmap(solve)(index, sides)
     return values.reshape(n, 2), ok.reshape(n, 2)
@@ -299,8 +335,9 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
 
     Returns ``(bounds, status)``: ``bounds`` (n, 2) in unconstrained space (``-inf``/``inf``
     where the profile never reaches the level, e.g. at a parameter limit), and ``status``
-    (n, 2): 1 found, 2 not bracketed within ``max_outer`` steps (limit reached), 3 a lower
-    minimum was found on the way (the fit was not at the global minimum).
+    (n, 2), a :class:`BoundFlag`: FOUND (1), NOT_REACHED (2: not bracketed within
+    ``max_outer`` steps, limit reached), LOWER_MINIMUM (3: a lower minimum was found on the
+    way, the fit was not at the global minimum).
     """
     x_best = jnp.asarray(x_best)
     n = x_best.shape[0]
@@ -327,7 +364,7 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
             return res.x, res.fun, grad_j
 
         def cond(state):
-            return state[-1] == 0
+            return state[-1] == BoundFlag.RUNNING
 
         def body(state):
             v, v_in, v_out, x_cur, it, found_lower, flag = state
@@ -358,7 +395,9 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
             it = it + 1
             done = jnp.abs(h) < tol
             too_far = (~bracketed) & (jnp.abs(v_next - v_best) > max_excursion)
-            flag = jnp.where(done, 1, jnp.where(too_far | (it >= max_outer), 2, 0))
+            flag = jnp.where(done, BoundFlag.FOUND,
+                             jnp.where(too_far | (it >= max_outer), BoundFlag.NOT_REACHED,
+                                       BoundFlag.RUNNING))
             v_final = jnp.where(done, v, v_next)
             return v_final, v_in, v_out, x_cur, it, found_lower, flag
 
@@ -366,11 +405,11 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
         v0 = jnp.where(skip, known, v_best + side * step0)
         # under vmap a while_loop runs while *any* lane runs: solved lanes start as done
         state = (v0, v_best, jnp.where(skip, v0, jnp.inf), x_best, jnp.asarray(0),
-                 jnp.asarray(False), jnp.where(skip, 1, 0))
+                 jnp.asarray(False), jnp.where(skip, BoundFlag.FOUND, BoundFlag.RUNNING))
         v, _, v_out, _, _, found_lower, flag = jax.lax.while_loop(cond, body, state)
         bracketed = jnp.isfinite(v_out)
-        v = jnp.where(flag == 1, v, jnp.where(bracketed, v, side * jnp.inf))
-        flag = jnp.where(found_lower, 3, flag)
+        v = jnp.where(flag == BoundFlag.FOUND, v, jnp.where(bracketed, v, side * jnp.inf))
+        flag = jnp.where(found_lower, BoundFlag.LOWER_MINIMUM, flag)
         return v, flag
 
     if cov_x is None or derivatives is None:

@@ -17,7 +17,7 @@ R-hat meaningful.
 
 from __future__ import annotations
 
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -154,25 +154,26 @@ def _initial_chains(model, best, key, num_chains, spread=0.5):
 
 # Compiled samplers, reused across calls with the same model structure, statistic and
 # settings (a cache like jit's own, not configuration): with ``jit_model_args`` new data or
-# start values of the same shapes do not recompile.
-_SAMPLERS: dict = {}
-_MAX_SAMPLERS = 8
+# start values of the same shapes do not recompile.  Bounded: the least recently used of
+# more than SAMPLER_CACHE_SIZE samplers is dropped.
+SAMPLER_CACHE_SIZE = 8
 
 
 def _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept, progress_bar):
-    key = (model.structure,
-           tuple((p.name, p.is_free, p.min, p.max, id(p.prior)) for p in model.parameters),
-           stat, num_warmup, num_samples, num_chains, target_accept, progress_bar)
-    mcmc = _SAMPLERS.get(key)
-    if mcmc is None:
-        if len(_SAMPLERS) >= _MAX_SAMPLERS:
-            _SAMPLERS.pop(next(iter(_SAMPLERS)))
-        kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept)
-        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                    num_chains=num_chains, chain_method="vectorized",
-                    progress_bar=progress_bar, jit_model_args=True)
-        _SAMPLERS[key] = mcmc
-    return mcmc
+    # the parameters' names, free flags, limits and prior objects select the compiled sampler
+    # (the sampler traces them); the values come with each run
+    parameters = tuple((p.name, p.is_free, p.min, p.max, id(p.prior)) for p in model.parameters)
+    return _cached_sampler(model.structure, parameters, stat, num_warmup, num_samples,
+                           num_chains, target_accept, progress_bar)
+
+
+@lru_cache(maxsize=SAMPLER_CACHE_SIZE)
+def _cached_sampler(structure, parameters, stat, num_warmup, num_samples, num_chains,
+                    target_accept, progress_bar):
+    """One MCMC object per key (``structure`` and ``parameters`` are part of the key only)."""
+    kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept)
+    return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
 
 
 def _model_for_stat(model, data, counts, stat):

@@ -1,8 +1,10 @@
 """File input/output of the core: OGIP spectra and responses, generic FITS helpers.
 
-:mod:`bkgjax.io.ogip` reads and writes PHA spectra (OGIP/92-007, type I and II) and
-responses (CAL/GEN/92-002: RMF ``MATRIX`` + ``EBOUNDS``, ARF ``SPECRESP``);
-:mod:`bkgjax.io.fits` holds the path/HDU helpers every reader uses;
+:mod:`bkgjax.io.ogip` reads PHA spectra (OGIP/92-007, type I and II) and loads a spectrum
+with its background and responses; :mod:`bkgjax.io.response` reads responses (CAL/GEN/92-002:
+RMF ``MATRIX`` + ``EBOUNDS``, ARF ``SPECRESP``); :mod:`bkgjax.io.writers` writes all three;
+:mod:`bkgjax.io.fits` and :mod:`bkgjax.io.keywords` hold the path/HDU/keyword helpers every
+reader uses;
 :mod:`bkgjax.io.xspec_model` reads XSPEC ``save model`` files into a parsed structure
 (evaluated by :mod:`bkgjax.spectral.xspec_terms`); :mod:`bkgjax.io.errors` the exceptions.
 Mission file formats (event lists, CALDB pieces, tables) are read by the mission packages
@@ -11,21 +13,16 @@ under :mod:`bkgjax.missions`.  Nothing in this package evaluates a model.
 
 from .errors import BkgjaxIOError, MissingFileError
 from .ogip import (
-    ARF,
     PHA,
-    RMF,
     SpectrumFiles,
     channel_overlap_mask,
     check_compatible,
     group_index,
     load_spectrum,
-    read_arf,
     read_pha,
-    read_rmf,
-    write_arf,
-    write_pha,
-    write_rmf,
 )
+from .response import ARF, RMF, read_arf, read_rmf
+from .writers import write_arf, write_pha, write_rmf
 from .xspec_model import XspecModel, XspecParameter, read_xspec_model
 
 __all__ = [

@@ -6,7 +6,8 @@ A Poisson draw with one uniform :math:`u` is the smallest :math:`k` with
 constant :math:`1/j` per step instead of dividing (the CDF terms :math:`p_j = p_{j-1}
 \lambda/j` scaled by :math:`e^{\lambda}`).  The bulk of the distribution is unrolled into one
 fused elementwise kernel; the rare longer draws finish in a while loop.  On a CPU this is
-~10-20x faster than ``jax.random.poisson`` for the small means (< ~50) of binned pixel data.
+much faster than ``jax.random.poisson`` for the small means (< ~50) of binned pixel data
+(benchmarks/README.md).
 """
 
 from __future__ import annotations

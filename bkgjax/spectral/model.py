@@ -28,7 +28,8 @@ import numpy as np
 
 from .components import COMPONENTS
 
-__all__ = ["Parameter", "Model", "ModelStructure", "component", "list_components"]
+__all__ = ["Parameter", "Model", "ModelStructure", "component", "list_components", "parse_model",
+           "parse_expression", "expression_kind", "check_energy_grid"]
 
 _INF = float("inf")
 
@@ -437,24 +438,139 @@ constant = _factory("constant")
 gabs = _factory("gabs")
 
 
-def parse_model(expression: str) -> Model:
-    """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``."""
-    import ast
+def _component_name(token: str) -> str:
+    """Registry name of a component token (case-insensitive, as in XSPEC)."""
+    lowered = {name.lower(): name for name in COMPONENTS}
+    if token.lower() in lowered:
+        return lowered[token.lower()]
+    close = difflib.get_close_matches(token.lower(), list(lowered))
+    raise ValueError(f"unknown model component {token!r}"
+                     + (f" (did you mean {close[0]!r}?)" if close else "")
+                     + f"; supported: {', '.join(sorted(COMPONENTS))}")
 
-    try:
-        tree = ast.parse(expression.strip(), mode="eval")
-    except SyntaxError as err:
-        raise ValueError(f"cannot parse model expression {expression!r}: {err.msg}") from None
+
+def _tokenize(expression: str) -> list:
+    tokens, i = [], 0
+    while i < len(expression):
+        ch = expression[i]
+        if ch.isspace():
+            i += 1
+        elif ch in "+*()":
+            tokens.append(ch)
+            i += 1
+        elif ch.isalpha() or ch == "_":
+            j = i
+            while j < len(expression) and (expression[j].isalnum() or expression[j] == "_"):
+                j += 1
+            tokens.append(expression[i:j])
+            i = j
+        else:
+            raise ValueError(f"model expression {expression!r}: unexpected character {ch!r} "
+                             "(only component names, '+', '*' and parentheses are supported)")
+    return tokens
+
+
+def parse_expression(expression: str) -> tuple:
+    """Parse an XSPEC model expression into ``(tree, components)``.
+
+    Grammar (recursive descent): ``expr := term ('+' term)*``, ``term := factor ('*'?
+    factor)*`` (a factor directly followed by ``(`` multiplies it: XSPEC's ``a(b) = a*b``),
+    ``factor := NAME | '(' expr ')'``.  Component names are matched case-insensitively to
+    :data:`COMPONENTS`.
+
+    Returns
+    -------
+    tree : tuple
+        Hashable binary tree, left-associative: ``("comp", name, k)`` with ``k`` the 0-based
+        position of the component from the left (XSPEC's numbering), ``("+", a, b)``,
+        ``("*", a, b)``.
+    components : tuple of str
+        Registry names of the components, left to right.
+
+    Raises
+    ------
+    ValueError
+        Unknown component, malformed expression, an additive and a multiplicative component
+        added, or two additive components multiplied (XSPEC rules).
+    """
+    tokens = _tokenize(expression)
+    components = []
+    pos = 0
+
+    def error(msg):
+        raise ValueError(f"model expression {expression!r}: {msg}")
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def combine(op, left, right):
+        kinds = (_kind(left), _kind(right))
+        if op == "+" and kinds[0] != kinds[1]:
+            error("cannot add additive and multiplicative components")
+        if op == "*" and kinds == ("add", "add"):
+            error("cannot multiply two additive components")
+        return (op, left, right)
+
+    def parse_expr():
+        nonlocal pos
+        node = parse_term()
+        while peek() == "+":
+            pos += 1
+            node = combine("+", node, parse_term())
+        return node
+
+    def parse_term():
+        nonlocal pos
+        node = parse_factor()
+        while peek() in ("*", "("):
+            if peek() == "*":
+                pos += 1
+            node = combine("*", node, parse_factor())
+        return node
+
+    def parse_factor():
+        nonlocal pos
+        tok = peek()
+        if tok is None:
+            error("ends unexpectedly")
+        if tok == "(":
+            pos += 1
+            node = parse_expr()
+            if peek() != ")":
+                error("missing ')'")
+            pos += 1
+            return node
+        if tok in ("+", "*", ")"):
+            error(f"unexpected {tok!r}")
+        pos += 1
+        components.append(_component_name(tok))
+        return ("comp", components[-1], len(components) - 1)
+
+    tree = parse_expr()
+    if pos != len(tokens):
+        error(f"unexpected {tokens[pos]!r}")
+    return tree, tuple(components)
+
+
+def expression_kind(tree) -> str:
+    """"add" (photons/cm^2/s per bin) or "mul" (a factor per bin) of an expression tree
+    (:func:`parse_expression` or :attr:`Model.expr`)."""
+    return _kind(tree)
+
+
+def parse_model(expression: str) -> Model:
+    """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``.
+
+    The expression is parsed by :func:`parse_expression` (so ``constant(powerlaw)`` is a
+    product and names are case-insensitive); components take their default values and the
+    labels of :meth:`Model.__add__` (``gaussian``, ``gaussian_2``, ...).
+    """
+    tree, _ = parse_expression(expression.strip())
 
     def build(node):
-        if isinstance(node, ast.BinOp) and isinstance(node.op, (ast.Add, ast.Mult)):
-            left, right = build(node.left), build(node.right)
-            return left + right if isinstance(node.op, ast.Add) else left * right
-        if isinstance(node, ast.Name):
-            return component(node.id)
-        raise ValueError(
-            f"model expression {expression!r}: only component names, '+', '*' and parentheses "
-            "are allowed"
-        )
+        if node[0] == "comp":
+            return component(node[1])
+        left, right = build(node[1]), build(node[2])
+        return left + right if node[0] == "+" else left * right
 
-    return build(tree.body)
+    return build(tree)

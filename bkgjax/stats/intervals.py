@@ -30,7 +30,10 @@ __all__ = [
     "log_false_probability_series",
     "false_probability_series_terms",
     "det_ml",
+    "Z_90",
 ]
+
+Z_90 = 1.6448536269514722  # Phi^-1(0.95): half-width of a two-sided 90 % Gaussian interval in sigma
 
 # Gehrels (1986), Table 3: S -> (beta, gamma) of eq. (12).  S = 1 has beta = 0.
 _GEHRELS_BETA_GAMMA = {
@@ -207,9 +210,8 @@ def log_false_probability_series(counts, background, n_terms: int, block: int = 
     division: :math:`s_{i-1} = (A_0 + B(A_1 + B(\dots + B(A_{k-1} + B s_{i+k-1}))))/A_0`
     with :math:`A_m = \prod_{l=m}^{k-1} a_{i+l}` (all terms positive: no cancellation).  It
     is one chain of elementwise operations, which XLA fuses into a single kernel, with a
-    quarter of the divisions of the term-by-term sum (2.4x faster on XLA:CPU for the
-    screened pixel list of the NEP-like field, where the loop's per-step kernels had
-    re-read their arrays from memory)."""
+    quarter of the divisions of the term-by-term sum (a loop's per-step kernels would
+    re-read their arrays from memory; timings in benchmarks/README.md)."""
     c = jnp.asarray(counts, dtype=jnp.float64)
     b = jnp.asarray(background, dtype=jnp.float64)
     leading = c * jnp.log(b) - b - gammaln(c + 1.0)
@@ -241,7 +243,7 @@ def log_false_probability_series(counts, background, n_terms: int, block: int = 
     # long series (high backgrounds): a loop over bodies of `per_loop` steps, so that the
     # program stays small; the first steps (the remainder) are unrolled
     per_loop = 8 * block
-    n_loop = n_terms // per_loop if n_terms > _SERIES_UNROLL_MAX else 0
+    n_loop = n_terms // per_loop if n_terms > SERIES_UNROLL_MAX else 0
     i = n_terms  # s = s_i; the steps run i = n_terms, ..., 1
     while i > n_loop * per_loop:
         k = min(block, i - n_loop * per_loop)
@@ -258,7 +260,7 @@ def log_false_probability_series(counts, background, n_terms: int, block: int = 
     return leading + jnp.log(s)
 
 
-_SERIES_UNROLL_MAX = 256
+SERIES_UNROLL_MAX = 256
 """Longest series that :func:`log_false_probability_series` unrolls completely."""
 
 

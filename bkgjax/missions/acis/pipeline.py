@@ -255,7 +255,7 @@ def fit_with_pback(counts, model: PbackModel, *, source_response=None, energ_lo=
     ``arrays`` may be :meth:`PbackModel.arrays` stacked over the same leading axis (one generated
     model per simulation).  Fields of the result then carry the leading axis.
     """
-    from bkgjax.fit import levenberg_marquardt
+    from bkgjax.fit import FitStatus, levenberg_marquardt
     from bkgjax.stats import cstat
 
     counts = jnp.asarray(counts, jnp.float64)
@@ -313,7 +313,7 @@ def fit_with_pback(counts, model: PbackModel, *, source_response=None, energ_lo=
     x, f, status, cov, bc, bvar = (np.asarray(v) for v in run(counts, arrays))
     errors = np.sqrt(np.diagonal(cov, axis1=-2, axis2=-1))
     return PbackFit(names=tuple(names), values=x, errors=errors, covariance=cov, stat=f, band_counts=bc,
-                    band_counts_error=np.sqrt(bvar), converged=status == 1)
+                    band_counts_error=np.sqrt(bvar), converged=status == FitStatus.CONVERGED)
 
 
 # ---------------------------------------------------------------------------

@@ -95,7 +95,8 @@ def weightmap_path(directory, ccd: int, mode: str) -> Path:
 
 
 def read_slice_models(directory, ccd: int, mode: str) -> tuple[XspecModel, ...]:
-    """The 32 slice templates (y01..y32) of one CCD and mode, as :class:`XspecModel`.
+    """The 32 slice templates (y01..y32) of one CCD and mode, as read (:class:`XspecModel`;
+    :class:`bkgjax.spectral.xspec_terms.XspecTermModel` evaluates them).
 
     ``directory=None`` uses :func:`template_directory`.  A missing folder or file raises
     :class:`MissingFileError` naming it (e.g. FAINT ccd1, for which the tool has no files).

@@ -47,13 +47,13 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from bkgjax.io.xspec_model import check_bin_edges, evaluate_terms
 from bkgjax.missions.acis.template_files import (
     N_SLICES,
     read_slice_models,
     read_template_weights,
     template_directory,
 )
+from bkgjax.spectral.xspec_terms import XspecTermModel, check_bin_edges, evaluate_terms
 
 __all__ = [
     "ACIS_CCDS",
@@ -159,9 +159,9 @@ class AcisTemplateLibrary:
         ACIS CCD id (0-3 = I0-I3, 5-7 = S1-S3).
     mode : str
         "faint" or "vfaint".
-    models : tuple of XspecModel
+    models : tuple of XspecTermModel
         Slice templates y01..y32 (CHIPY 1-32, ..., 993-1024), as read from the files of
-        ``source_ccd``.
+        ``source_ccd`` (evaluable: :mod:`bkgjax.spectral.xspec_terms`).
     template_weights : np.ndarray, shape (32,)
         The templates' own 9-11.5 keV counts per slice (read-only).
     scale : float
@@ -273,7 +273,7 @@ def load_template_library(ccd: int, mode: str, directory=None) -> AcisTemplateLi
     ccd, mode = _check_ccd_mode(ccd, mode)
     root = template_directory(directory)
     source_ccd, scale = TEMPLATE_SOURCE.get((ccd, mode), (ccd, 1.0))
-    models = read_slice_models(root, source_ccd, mode)
+    models = tuple(XspecTermModel.from_parsed(m) for m in read_slice_models(root, source_ccd, mode))
     weights = read_template_weights(root, ccd, mode)
     weights.setflags(write=False)
     if len(models) != N_SLICES:  # pragma: no cover - read_slice_models guarantees it

@@ -315,7 +315,7 @@ def simulate_mission(seed=0, n_orbits=2700, *, scw_per_orbit=64,
     slope_rel = (-0.004 + 0.003 * np.sin(2 * np.pi * revs / 350.0 + rng.uniform(0, 2 * np.pi))
                  + rng.normal(0.0, 0.001, n_orb))
 
-    rev_col, phase_col, l_col, b_col, is_bkg_pattern = [], [], [], [], []
+    rev_col, phase_col, l_col, b_col = [], [], [], []
     iterator = range(n_orb) if progress is None else progress(range(n_orb))
     for k in iterator:
         n = int(n_per[k])

@@ -57,6 +57,7 @@ from __future__ import annotations
 
 import time
 from dataclasses import dataclass, field
+from functools import lru_cache
 from typing import Sequence
 
 import jax
@@ -280,7 +281,7 @@ def _batch(datasets: Sequence[OrbitData]):
         c, s = _standardise(d)
         pad = n_max - d.n_scw
 
-        def padded(a, fill):
+        def padded(a, fill, pad=pad):
             return np.concatenate([a, np.full(pad, fill, dtype=a.dtype)])
 
         out["y"].append(padded((d.rate - c) / s, 0.0))
@@ -366,28 +367,19 @@ def orbit_background_model(data, *, n_regions, trend=False, random_walk="mixed",
 # Sampling
 
 
-# Compiled samplers reused across calls of the same shapes and settings (like jit's cache).
-_SAMPLERS: dict = {}
-
-
+# Compiled samplers reused across calls of the same shapes and settings (like jit's cache),
+# bounded like bkgjax.infer's: the least recently used of more than 8 is dropped.
+@lru_cache(maxsize=8)
 def _mcmc(config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth,
           shapes=()):
     # the array shapes belong to the key: a numpyro MCMC object keeps the sampler compiled
     # for the shapes of its first run and fails on data of another size
-    key = (config, num_warmup, num_samples, num_chains, target_accept, max_tree_depth, shapes)
-    mcmc = _SAMPLERS.get(key)
-    if mcmc is None:
-        if len(_SAMPLERS) >= 8:
-            _SAMPLERS.pop(next(iter(_SAMPLERS)))
-        kw = dict(config)
-        model = lambda data: orbit_background_model(data, **kw)  # noqa: E731
-        # start values are passed per run (init_params, from _init_params)
-        kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
-        mcmc = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                    num_chains=num_chains, chain_method="vectorized", progress_bar=False,
-                    jit_model_args=True)
-        _SAMPLERS[key] = mcmc
-    return mcmc
+    kw = dict(config)
+    model = lambda data: orbit_background_model(data, **kw)  # noqa: E731
+    # start values are passed per run (init_params, from _init_params)
+    kernel = NUTS(model, target_accept_prob=target_accept, max_tree_depth=max_tree_depth)
+    return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=False, jit_model_args=True)
 
 
 def _init_params(arrays, pilots, config, num_chains, key):

@@ -33,6 +33,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bkgjax.missions.isgri import gauss_wings
 from bkgjax.missions.isgri import instrument as isgri
 from bkgjax.missions.isgri.tables import (
     CrabData,
@@ -223,7 +224,7 @@ def analyse(scw, crab, options: RidgeOptions = RidgeOptions(), *, progress=None)
             keys.append(("profile", k, band))
             cal_rel.append(cal.relative_error_of_mean(data.rev[sel], j))
     t1 = time.perf_counter()
-    fits = isgri.fit_gauss_wings(samples, groups=groups, min_n=options.min_scw_region)
+    fits = gauss_wings.fit_gauss_wings(samples, groups=groups, min_n=options.min_scw_region)
     timings["region_fits_s"] = time.perf_counter() - t1
     tick("region fits")
 
@@ -510,7 +511,7 @@ def save_figures(result: RidgeResult, out, *, comparison=None, truth=None):
                     x = np.linspace(lo, hi, 400)
                     w = max(vals.max() - vals.min(), 1e-12)
                     a, b = vals.min() - 0.1 * w, vals.max() + 0.1 * w
-                    pdf = np.exp(np.asarray(isgri.gauss_wings_logpdf(
+                    pdf = np.exp(np.asarray(gauss_wings.gauss_wings_logpdf(
                         x, fit["value"], fit["sigma"], fit["f_lo"], fit["f_hi"], a, b)))
                     ax.plot(x, pdf, "r-", lw=1)
                     ax.axvline(fit["value"], color="k")

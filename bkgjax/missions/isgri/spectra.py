@@ -32,7 +32,7 @@ steep excess of the powerlaw), reached by ~3 % of simulated GB-like spectra.
 from __future__ import annotations
 
 import math
-from functools import partial
+from functools import lru_cache, partial
 
 import jax
 import jax.numpy as jnp
@@ -267,25 +267,20 @@ def _whitened_model(lo, hi, flux, err, centre, chol, *, gamma_cut, gamma_pow, fl
     numpyro.sample("flux", dist.Normal(model, err).to_event(1), obs=flux)
 
 
-_SAMPLERS: dict = {}
-
-
+# Compiled samplers reused across calls of the same settings (like jit's cache), bounded like
+# bkgjax.infer's: the least recently used of more than 8 is dropped.
+@lru_cache(maxsize=8)
 def _sampler(config, num_warmup, num_samples, num_chains, whitened):
-    key = (config, num_warmup, num_samples, num_chains, whitened)
-    if key not in _SAMPLERS:
-        if len(_SAMPLERS) >= 8:
-            _SAMPLERS.pop(next(iter(_SAMPLERS)))
-        kw = dict(config)
-        if whitened:
-            kernel = NUTS(lambda lo, hi, f, e, c, l: _whitened_model(lo, hi, f, e, c, l, **kw),
-                          target_accept_prob=0.9)
-        else:  # one spectrum: dense mass matrix, constrained (smooth) parametrisation
-            kernel = NUTS(lambda lo, hi, f, e: _ridge_model(lo, hi, f, e, **kw),
-                          target_accept_prob=0.9, dense_mass=True)
-        _SAMPLERS[key] = MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
-                              num_chains=num_chains, chain_method="vectorized",
-                              progress_bar=False, jit_model_args=True)
-    return _SAMPLERS[key]
+    kw = dict(config)
+    if whitened:
+        kernel = NUTS(lambda lo, hi, f, e, c, l: _whitened_model(lo, hi, f, e, c, l, **kw),
+                      target_accept_prob=0.9)
+    else:  # one spectrum: dense mass matrix, constrained (smooth) parametrisation
+        kernel = NUTS(lambda lo, hi, f, e: _ridge_model(lo, hi, f, e, **kw),
+                      target_accept_prob=0.9, dense_mass=True)
+    return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples,
+                num_chains=num_chains, chain_method="vectorized",
+                progress_bar=False, jit_model_args=True)
 
 
 def sample_ridge_posteriors(band_lo, band_hi, mcrab, mcrab_err, *, systematic=0.0,

@@ -18,19 +18,8 @@ import numpy as np
 from astropy.io import fits
 
 from bkgjax.io.errors import BkgjaxIOError
-from bkgjax.io.fits import (
-    column_names,
-    hdu_label,
-    open_fits,
-    resolve_input_path,
-)
-from bkgjax.io.ogip import (
-    check_energy_bounds as _check_energy_grid,
-)
-from bkgjax.io.ogip import (
-    energy_columns,
-    read_specresp_table,
-)
+from bkgjax.io.fits import column_names, hdu_label, open_fits, resolve_input_path
+from bkgjax.io.response import check_energy_bounds, energy_columns, read_specresp_table
 
 __all__ = ["read_aperture_image", "read_instrument_map", "read_detabs", "read_transmission_arf"]
 
@@ -128,7 +117,7 @@ def read_detabs(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
             if det in curves:
                 raise BkgjaxIOError(f"{where}: DET_ID {det} appears in more than one DETABS extension")
             lo, hi = energy_columns(ext, where)
-            _check_energy_grid(lo, hi, where)
+            check_energy_bounds(lo, hi, where)
             cols = column_names(ext)
             if "DETABS" not in cols:
                 raise BkgjaxIOError(f"{where}: required column DETABS is missing")
@@ -202,7 +191,7 @@ def read_transmission_arf(path) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
     if not np.all(np.isfinite(v)) or np.any(v < 0):
         raise BkgjaxIOError(f"{where}: column SPECRESP must be finite and >= 0")
     try:
-        _check_energy_grid(lo, hi, where)
+        check_energy_bounds(lo, hi, where)
     except BkgjaxIOError as exc:
         repaired = _repair_regular_grid(lo, hi)
         if repaired is None:

@@ -1,4 +1,4 @@
-r"""Simulated NuSTAR stray-light CXB campaigns: expected pixel rates, binned cubes, event files.
+r"""Simulated NuSTAR stray-light CXB campaigns: truth, expected pixel rates, binned cubes.
 
 Reference: Krivonos et al. 2021, MNRAS 502, 3966 (``nustar_cxb_stray_light``), sections 2, 4
 and 5, Tables 2-4.  The simulator produces, from the same :class:`~bkgjax.missions.nustar_cxb.geometry.
@@ -61,20 +61,19 @@ Speed
 :func:`simulate_cubes` draws the binned cubes directly (one Poisson draw per data set with the
 summed exposure: a sum of Poisson observations is Poisson), with an exact inverse-CDF Poisson
 sampler in JAX that is far faster on CPU than ``jax.random.poisson`` for the small means
-(< 100 counts per pixel and band) of these data.  :func:`write_campaign` writes real-format
-event files (:func:`bkgjax.missions.nustar_cxb.events.write_nustar_events`) whose binned counts have the same
+(< 100 counts per pixel and band) of these data.
+:func:`bkgjax.missions.nustar_cxb.campaign_files.write_campaign` writes real-format event files
+(:func:`bkgjax.missions.nustar_cxb.events.write_nustar_events`) whose binned counts have the same
 distribution.
 """
 
 from __future__ import annotations
 
 import datetime as _dt
-import json
 import math
 import re
 from dataclasses import asdict, dataclass, field
 from functools import partial
-from pathlib import Path
 from typing import Mapping
 
 import jax
@@ -105,9 +104,11 @@ __all__ = [
     "expected_band_rates",
     "expected_cubes",
     "simulate_cubes",
-    "simulate_events",
-    "write_campaign",
     "level_summary",
+    "resolve_geometries",
+    "resolve_truths",
+    "resolve_datasets",
+    "NASA_MET_EPOCH",
 ]
 
 #: PI channels carried by the simulation (0..609 -> 1.6-26.0 keV); events outside are not made.
@@ -166,7 +167,8 @@ PAPER_TABLE3 = (
 )
 
 _FPM_INDEX = {"FPMA": 0, "FPMB": 1}
-_NASA_MET_EPOCH = _dt.datetime(2010, 1, 1, tzinfo=_dt.timezone.utc)
+#: NuSTAR mission elapsed time (MET) zero point.
+NASA_MET_EPOCH = _dt.datetime(2010, 1, 1, tzinfo=_dt.timezone.utc)
 
 
 # ---------------------------------------------------------------------------
@@ -598,7 +600,9 @@ def expected_band_rates(geometry, truth: CampaignTruth, e_lo, e_hi, *, occulted:
 # ---------------------------------------------------------------------------
 
 
-def _geometries(geometries):
+def resolve_geometries(geometries):
+    """``{"FPMA": NustarGeometry, "FPMB": ...}`` from None (the shipped maps), a mapping or a
+    sequence of geometries; ValueError unless both modules are given."""
     if geometries is None:
         return {f: _nu.load_geometry(f) for f in _nu.FPMS}
     if isinstance(geometries, Mapping):
@@ -613,7 +617,8 @@ def _geometries(geometries):
     return geos
 
 
-def _truths(truth, n):
+def resolve_truths(truth, n):
+    """One :class:`CampaignTruth` per data set from one truth or a sequence of ``n``."""
     if isinstance(truth, CampaignTruth):
         return (truth,) * n
     truths = tuple(truth)
@@ -622,7 +627,8 @@ def _truths(truth, n):
     return truths
 
 
-def _datasets(datasets, scale_exposure):
+def resolve_datasets(datasets, scale_exposure):
+    """Checked (tuple of :class:`DatasetSpec`, exposure scale): distinct names, scale > 0."""
     ds = tuple(datasets)
     if not ds or not all(isinstance(d, DatasetSpec) for d in ds):
         raise ValueError("datasets must be a non-empty sequence of DatasetSpec")
@@ -647,9 +653,9 @@ def expected_cubes(truth=None, datasets=PAPER_DATASETS, e_lo=None, e_hi=None, *,
     32), "exposure_sci": (n_ds,), "exposure_occ": (n_ds,), "e_lo", "e_hi"}``; FPM axis order
     FPMA, FPMB.
     """
-    ds, scale = _datasets(datasets, scale_exposure)
-    truths = _truths(CampaignTruth() if truth is None else truth, len(ds))
-    geos = _geometries(geometries)
+    ds, scale = resolve_datasets(datasets, scale_exposure)
+    truths = resolve_truths(CampaignTruth() if truth is None else truth, len(ds))
+    geos = resolve_geometries(geometries)
     if (e_lo is None) != (e_hi is None):
         raise ValueError("give both e_lo and e_hi, or neither (paper bands: energy_bands())")
     if e_lo is None:
@@ -686,7 +692,7 @@ def simulate_cubes(key, truth=None, datasets=PAPER_DATASETS, e_lo=None, e_hi=Non
     Each data set and FPM is drawn once with its summed exposure (the sum of independent
     Poisson observations is Poisson with the summed mean), so the cubes have the distribution
     of binning (:func:`bkgjax.missions.nustar_cxb.geometry.bin_events`) the event files that
-    :func:`write_campaign` writes.
+    :func:`~bkgjax.missions.nustar_cxb.campaign_files.write_campaign` writes.
 
     Parameters
     ----------
@@ -718,207 +724,6 @@ def simulate_cubes(key, truth=None, datasets=PAPER_DATASETS, e_lo=None, e_hi=Non
 
 
 # ---------------------------------------------------------------------------
-# event files
-# ---------------------------------------------------------------------------
-
-
-def _rng(seed) -> np.random.Generator:
-    if isinstance(seed, np.random.Generator):
-        return seed
-    if isinstance(seed, (int, np.integer, np.random.SeedSequence)) or seed is None:
-        return np.random.default_rng(seed)
-    if isinstance(seed, (list, tuple)):
-        return np.random.default_rng([int(s) for s in seed])
-    try:  # a JAX key
-        data = np.asarray(jax.random.key_data(seed) if jnp.issubdtype(seed.dtype, jax.dtypes.prng_key)
-                          else seed, dtype=np.uint32)
-    except (AttributeError, TypeError) as exc:
-        raise ValueError(f"seed must be an int, a numpy Generator/SeedSequence or a JAX key (got {seed!r})") from exc
-    return np.random.default_rng([int(x) for x in data.ravel()])
-
-
-def simulate_events(seed, geometry, truth: CampaignTruth | None, exposure_s: float, *,
-                    occulted: bool) -> dict:
-    """Events of one observation: Poisson counts per pixel and PI channel, expanded to rows.
-
-    Parameters
-    ----------
-    seed : int, numpy Generator / SeedSequence, or JAX key
-    geometry : NustarGeometry
-    truth : CampaignTruth or None (None: ``CampaignTruth()``)
-    exposure_s : float
-        Live exposure in s (> 0).
-    occulted : bool
-        OCC (True) or SCI (False) data.
-
-    Returns
-    -------
-    dict of int64 NumPy arrays ``det_id``, ``rawx``, ``rawy``, ``pi`` (one entry per event, in
-    random order).
-    """
-    truth = CampaignTruth() if truth is None else truth
-    from bkgjax.io.fits import positive_seconds
-
-    t = positive_seconds(exposure_s, "exposure_s")  # a ValueError (BkgjaxIOError) otherwise
-    pi, rates = expected_rates(geometry, truth, occulted=bool(occulted))
-    return _events_from_rates(_rng(seed), pi, rates, t)
-
-
-def _events_from_rates(rng, pi, rates, t):
-    counts = rng.poisson(rates.ravel() * t)
-    idx = np.repeat(np.arange(counts.size), counts)
-    rng.shuffle(idx)
-    k, det, y, x = np.unravel_index(idx, rates.shape)
-    return {"det_id": det.astype(np.int64), "rawx": x.astype(np.int64), "rawy": y.astype(np.int64),
-            "pi": pi[k].astype(np.int64)}
-
-
-_ORBIT_S = 5800.0       # NuSTAR orbital period ~97 min
-_SCI_WINDOW_S = 3300.0  # at most this much SCI time per orbit
-_OCC_WINDOW_S = 2200.0  # at most this much OCC time per orbit
-
-
-def _obs_gtis(t0: float, t_sci: float, t_occ: float):
-    """Interleaved per-orbit SCI and OCC good time intervals starting at MET ``t0``."""
-    n_orb = max(1, math.ceil(t_sci / _SCI_WINDOW_S), math.ceil(t_occ / _OCC_WINDOW_S))
-    a, b = t_sci / n_orb, t_occ / n_orb
-    starts = t0 + _ORBIT_S * np.arange(n_orb)
-    sci = np.stack([starts, starts + a], axis=1)
-    occ = np.stack([starts + a + 50.0, starts + a + 50.0 + b], axis=1)
-    return sci, occ
-
-
-def _times_in(rng, gti, n):
-    lengths = gti[:, 1] - gti[:, 0]
-    which = rng.choice(len(gti), size=n, p=lengths / lengths.sum())
-    return gti[which, 0] + rng.uniform(0.0, 1.0, n) * lengths[which]
-
-
-def _met(date: str) -> float:
-    d = _dt.datetime.fromisoformat(date).replace(tzinfo=_dt.timezone.utc)
-    return (d - _NASA_MET_EPOCH).total_seconds()
-
-
-def _toml_str(s: str) -> str:
-    return json.dumps(str(s), ensure_ascii=True)
-
-
-def write_campaign(out_dir, *, seed: int = 0, truth=None, datasets=PAPER_DATASETS, scale_exposure: float = 1.0,
-                   progress: bool = True, geometries=None) -> Path:
-    """Write a simulated campaign as NuSTAR event files plus ``campaign.toml`` and ``truth.json``.
-
-    For each data set, FPM and observation j (the data set's exposure split equally over
-    ``n_obs`` observations) one SCI (OBSMODE ``SCIENCE``) and one OCC (OBSMODE ``OCCULTED``)
-    cleaned event file ``{slug}_obs{j}_{A|B}_{sci|occ}.evt`` is written with
-    :func:`bkgjax.missions.nustar_cxb.events.write_nustar_events`: OBS_ID ``{programme}{nnn}002``, events (GRADE 0) at
-    times uniform in per-orbit GTIs that interleave SCI and OCC time from the data set's begin
-    date (NuSTAR MET, s since 2010-01-01).  Each file is an independent Poisson draw of
-    :func:`simulate_events`.
-
-    ``campaign.toml`` holds one ``[[dataset]]`` table per data set with ``name``, ``sci`` and
-    ``occ`` (lists of file names relative to the TOML, both FPMs; INSTRUME tells them apart);
-    ``truth.json`` the truth (:meth:`CampaignTruth.to_dict`, or a list with one per data set),
-    the exposures and the expected 3-20 keV SCI counts per data set and FPM.
-
-    Parameters
-    ----------
-    out_dir : str or Path (created if needed)
-    seed : int
-    truth : CampaignTruth or one per data set (default ``CampaignTruth()``)
-    datasets : sequence of DatasetSpec
-    scale_exposure : float
-        Multiplies every exposure (e.g. 1e-3 for quick tests).
-    progress : bool
-        Show a tqdm progress bar over the files.
-    geometries : {"FPMA": NustarGeometry, "FPMB": ...}, optional
-
-    Returns
-    -------
-    Path of ``campaign.toml``.
-    """
-    from tqdm.auto import tqdm
-
-    from bkgjax.missions.nustar_cxb.events import write_nustar_events
-
-    ds, scale = _datasets(datasets, scale_exposure)
-    truth = CampaignTruth() if truth is None else truth
-    truths = _truths(truth, len(ds))
-    geos = _geometries(geometries)
-    seed = int(seed)
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-
-    e_lo_paper, e_hi_paper = _nu.energy_bands(3.0, 20.0, 1)
-    n_files = sum(2 * 2 * d.n_obs for d in ds)
-    bar = tqdm(total=n_files, desc="write_campaign", unit="file", disable=not progress)
-    obs_counter: dict[str, int] = {}
-    rate_cache: dict = {}
-    toml_lines = ["# NuSTAR stray-light CXB campaign simulated by bkgjax.missions.nustar_cxb.campaign.write_campaign",
-                  f"# seed = {seed}, scale_exposure = {scale!r}; truth and exposures in truth.json", ""]
-    ds_meta = []
-    try:
-        for i, d in enumerate(ds):
-            files = {"sci": [], "occ": []}
-            t_sci, t_occ = d.exposure_s * scale / d.n_obs, d.occ_exposure_s * scale / d.n_obs
-            met0, met1 = _met(d.begin), _met(d.end) + 86400.0
-            span = max(met1 - met0, 1.0)
-            meta = {"name": d.name, "exposure_s": d.exposure_s * scale, "occ_exposure_s": d.occ_exposure_s * scale,
-                    "n_obs": d.n_obs, "obs_ids": [], "expected_sci_counts_3_20": {}}
-            for f in _nu.FPMS:
-                r = expected_band_rates(geos[f], truths[i], e_lo_paper, e_hi_paper, occulted=False)
-                meta["expected_sci_counts_3_20"][f] = float(r.sum() * d.exposure_s * scale)
-            for j in range(d.n_obs):
-                n = obs_counter.get(d.obs_prefix, 0) + 1
-                obs_counter[d.obs_prefix] = n
-                obs_id = f"{d.obs_prefix}{n:03d}002"
-                meta["obs_ids"].append(obs_id)
-                t0 = float(np.floor(met0 + span * j / d.n_obs))
-                gti_sci, gti_occ = _obs_gtis(t0, t_sci, t_occ)
-                for fi, f in enumerate(_nu.FPMS):
-                    for mode, occulted, gti, t_exp in (("sci", False, gti_sci, t_sci), ("occ", True, gti_occ, t_occ)):
-                        rng = np.random.default_rng([seed, i, fi, j, int(occulted)])
-                        ck = (id(truths[i]), f, occulted)
-                        if ck not in rate_cache:
-                            rate_cache[ck] = expected_rates(geos[f], truths[i], occulted=occulted)
-                        ev = _events_from_rates(rng, *rate_cache[ck], t_exp)
-                        time = _times_in(rng, gti, ev["pi"].size)
-                        order = np.argsort(time, kind="stable")
-                        name = f"{d.slug}_obs{j}_{f[-1]}_{mode}.evt"
-                        write_nustar_events(
-                            out / name, instrument=f, exposure=t_exp,
-                            det_id=ev["det_id"][order], rawx=ev["rawx"][order], rawy=ev["rawy"][order],
-                            pi=ev["pi"][order], grade=np.zeros(order.size, np.int64), time=time[order],
-                            gti=gti, obs_id=obs_id, obsmode="OCCULTED" if occulted else "SCIENCE",
-                            extra_header={"OBJECT": (d.name, "simulated data set"),
-                                          "BKGJSIM": (True, "simulated by bkgjax.missions.nustar_cxb.campaign"),
-                                          "BKGJSEED": (seed, "write_campaign seed")},
-                            overwrite=True)
-                        files[mode].append(name)
-                        bar.update(1)
-            toml_lines += ["[[dataset]]", f"name = {_toml_str(d.name)}",
-                           "sci = [" + ", ".join(_toml_str(s) for s in files["sci"]) + "]",
-                           "occ = [" + ", ".join(_toml_str(s) for s in files["occ"]) + "]", ""]
-            meta["sci"], meta["occ"] = files["sci"], files["occ"]
-            ds_meta.append(meta)
-    finally:
-        bar.close()
-
-    truth_json = {
-        "generator": "bkgjax.missions.nustar_cxb.campaign.write_campaign",
-        "seed": seed,
-        "scale_exposure": scale,
-        "truth": truth.to_dict() if isinstance(truth, CampaignTruth) else [t.to_dict() for t in truths],
-        "pi_channels": [int(PI_CHANNELS[0]), int(PI_CHANNELS[-1])],
-        "datasets": ds_meta,
-        "notes": "diagonal response; exposures per FPM; expected_sci_counts_3_20 = all pixels, PI 35..459",
-    }
-    (out / "truth.json").write_text(json.dumps(truth_json, indent=2))
-    path = out / "campaign.toml"
-    path.write_text("\n".join(toml_lines))
-    return path
-
-
-# ---------------------------------------------------------------------------
 # level summary
 # ---------------------------------------------------------------------------
 
@@ -928,7 +733,7 @@ def level_summary(truth: CampaignTruth | None = None, exposure_s: float = 2.4e6,
     the paper's Fig. 1) and the fractions of counts from the instrument, the CXB and the soft
     component, per FPM; also the OCC 3-5 and 10-20 keV counts per pixel."""
     truth = CampaignTruth() if truth is None else truth
-    geos = _geometries(geometries)
+    geos = resolve_geometries(geometries)
     out = {}
     for f in _nu.FPMS:
         g = geos[f]

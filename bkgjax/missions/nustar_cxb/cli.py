@@ -3,6 +3,7 @@ and ``bkgjax nustar-cxb CONFIG.toml --out DIR`` (the same pipeline on the user's
 
 from __future__ import annotations
 
+import json
 import os
 import sys
 import time
@@ -47,6 +48,13 @@ def print_table4(payload):
           f"{100 * comb['cosmic_variance_frac']:.1f} %")
 
 
+def _write_json(path, payload):
+    """``payload`` as indented JSON with one trailing newline."""
+    with open(path, "w") as fh:
+        json.dump(payload, fh, indent=2)
+        fh.write("\n")
+
+
 def run_pipeline(config, out, overrides, *, quiet=False):
     """Shared by ``nustar-cxb`` and ``demo``: load, fit, write results.json and figures."""
     import matplotlib
@@ -54,33 +62,30 @@ def run_pipeline(config, out, overrides, *, quiet=False):
     matplotlib.use("Agg")
     from tqdm.auto import tqdm
 
-    from bkgjax.missions.nustar_cxb import analysis as nustar_cxb
     from bkgjax.missions.nustar_cxb import config as nustar_config
     from bkgjax.missions.nustar_cxb import geometry as nustar
     from bkgjax.missions.nustar_cxb import plots as nustar_plots
-    from bkgjax.spectrum_cli import write_json
+    from bkgjax.missions.nustar_cxb.analysis import STAGES, run_analysis
+    from bkgjax.missions.nustar_cxb.one_step import campaign_posterior
 
     datasets, analysis = nustar_config.read_config(config)
     options = nustar_config.options_from_config(analysis, config, **overrides)
     n_files = sum(len(d["sci"]) + len(d["occ"]) for d in datasets)
     with tqdm(total=n_files, desc="reading event files", unit="file", disable=quiet) as bar:
         campaign = nustar_config.bin_campaign(datasets, options, progress=bar)
-    stages = ["flat background maps (OCC 10-20 keV)", "pixel model, SCI", "pixel model, OCC",
-              "soft component (OCC spectra)", "spectral fits (Table 4)", "one-step model",
-              "combined flux, average spectrum"]
-    with tqdm(total=len(stages) + 1, desc="analysis", unit="stage", disable=quiet) as bar:
+    with tqdm(total=len(STAGES) + 1, desc="analysis", unit="stage", disable=quiet) as bar:
         def tick(name):
             bar.set_postfix_str(name)
             bar.update(1)
 
-        results = nustar_cxb.run_analysis(campaign, options, progress=tick)
-        payload = results["json"]
+        results = run_analysis(campaign, options, progress=tick)
+        payload = dict(results.payload)
         if options.posterior:
-            payload["posterior"] = nustar_cxb.campaign_posterior(results, options)
+            payload["posterior"] = campaign_posterior(results, options)
         bar.update(1)
     os.makedirs(out, exist_ok=True)
     json_path = os.path.join(out, "results.json")
-    write_json(json_path, payload)
+    _write_json(json_path, payload)
     geometries = [nustar.load_geometry(f) for f in sorted({m.fpm for m in campaign.modules})]
     figures = nustar_plots.save_all(results, out, geometries)
     return payload, json_path, figures
@@ -109,7 +114,8 @@ def _nustar_cxb(args) -> int:
 def _demo(args) -> int:
     import numpy as np
 
-    from bkgjax.missions.nustar_cxb.campaign import CampaignTruth, write_campaign
+    from bkgjax.missions.nustar_cxb.campaign import CampaignTruth
+    from bkgjax.missions.nustar_cxb.campaign_files import write_campaign
 
     t0 = time.perf_counter()
     out = args.out

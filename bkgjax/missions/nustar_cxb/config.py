@@ -1,4 +1,4 @@
-"""TOML campaign configurations and event files -> binned :class:`~.nustar_cxb.Campaign`.
+"""TOML campaign configurations and event files -> binned :class:`~.records.Campaign`.
 
 A configuration lists data sets; paths are relative to the configuration file::
 
@@ -26,8 +26,8 @@ import numpy as np
 import tomllib
 
 from bkgjax.missions.nustar_cxb import geometry as nustar
-from bkgjax.missions.nustar_cxb.analysis import AnalysisOptions, Campaign, ModuleData
 from bkgjax.missions.nustar_cxb.events import read_nustar_events
+from bkgjax.missions.nustar_cxb.records import AnalysisOptions, Campaign, ModuleData
 
 __all__ = ["ConfigError", "read_config", "load_campaign", "bin_campaign", "options_from_config"]
 

@@ -33,10 +33,10 @@ detnum: DET_ID, -1 in gaps) assigns to it.
 
 Shipped maps
 ------------
-``bkgjax/data/nustar/geometry_FPMA.npz`` and ``geometry_FPMB.npz`` (read by
+``bkgjax/missions/nustar_cxb/data/geometry_FPMA.npz`` and ``geometry_FPMB.npz`` (read by
 :func:`load_geometry`) are regenerated from the shared data folder with::
 
-    python -m bkgjax.missions.nustar_cxb.geometry --data /path/to/shared/data/nustar --out bkgjax/data/nustar
+    python -m bkgjax.missions.nustar_cxb.geometry --data /path/to/shared/data/nustar --out bkgjax/missions/nustar_cxb/data
 
 which reads ``aperture/det{A,B}_det1.img.gz``, ``aperture/pixmap{A,B}.fits``,
 ``aperture/detnum{A,B}.fits``, ``aperture/be.arf`` and ``caldb/nuAdetabs20100101v002.fits``
@@ -436,15 +436,15 @@ def read_geometry(path) -> NustarGeometry:
                               energy_hi=z["energy_hi"], detabs=z["detabs"], be_window=z["be_window"])
 
 
-@functools.lru_cache(maxsize=None)
+@functools.lru_cache(maxsize=len(FPMS))  # one entry per focal-plane module
 def _load_shipped(fpm: str) -> NustarGeometry:
-    res = importlib.resources.files("bkgjax").joinpath("data", "nustar", f"geometry_{fpm}.npz")
+    res = importlib.resources.files("bkgjax.missions.nustar_cxb").joinpath("data", f"geometry_{fpm}.npz")
     with res.open("rb") as fh:
         return read_geometry(_io.BytesIO(fh.read()))
 
 
 def load_geometry(fpm: str) -> NustarGeometry:
-    """The shipped geometry of ``fpm`` (``bkgjax/data/nustar/geometry_{fpm}.npz``), cached.
+    """The shipped geometry of ``fpm`` (``bkgjax/missions/nustar_cxb/data/geometry_{fpm}.npz``), cached.
 
     The arrays are read-only, so the cached object can be shared.
     """
@@ -570,7 +570,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(prog="python -m bkgjax.missions.nustar_cxb.geometry",
                                 description="Regenerate the shipped NuSTAR geometry maps geometry_FPM{A,B}.npz")
     p.add_argument("--data", required=True, help="NuSTAR shared-data folder holding aperture/ and caldb/")
-    p.add_argument("--out", required=True, help="output folder (e.g. bkgjax/data/nustar)")
+    p.add_argument("--out", required=True, help="output folder (e.g. bkgjax/missions/nustar_cxb/data)")
     args = p.parse_args(argv)
     os.makedirs(args.out, exist_ok=True)
     for fpm in FPMS:

@@ -7,7 +7,7 @@ with the same pixel model as the on-sky data, eq. (2)-(3):
 .. math:: \mu_p = N_{\mathrm{bkg},c} + N_\mathrm{apt}\,\bar A_{c}\,a\,\Omega_p ,
 
 one flat normalisation :math:`N_{\mathrm{bkg},c}` per chip :math:`c` plus the aperture
-template (:func:`bkgjax.missions.nustar_cxb.analysis.pixel_templates` with ``flat=None``;
+template (:func:`bkgjax.missions.nustar_cxb.pixel_model.pixel_templates` with ``flat=None``;
 :math:`\bar A_c` the CXB-weighted detector x Be-window efficiency over the band, which only
 sets the small chip-to-chip relative weights of the aperture template).
 
@@ -35,7 +35,7 @@ are meaningful; :math:`N_\mathrm{apt}` is in counts cm^-2 deg^-2 per image (arbi
 
 Masks: pixels in the CALDB pixel map, with non-zero counts (zeros are dead/bad pixels in these
 images), and optionally without the outer row and column of each chip (``mask_chip_edges``;
-same definition as :func:`bkgjax.missions.nustar_cxb.analysis.pixel_mask`), which are hotter in the
+same definition as :func:`bkgjax.missions.nustar_cxb.pixel_model.pixel_mask`), which are hotter in the
 real data.
 """
 
@@ -53,12 +53,9 @@ from scipy import special, stats
 
 from bkgjax.fit.templates import deviance_pvalue, fit_templates
 from bkgjax.missions.nustar_cxb import geometry as nustar
-from bkgjax.missions.nustar_cxb.analysis import (
-    chip_efficiency,
-    pixel_mask,
-    pixel_templates,
-)
 from bkgjax.missions.nustar_cxb.occulted_images import read_occulted_images
+from bkgjax.missions.nustar_cxb.pixel_model import pixel_mask, pixel_templates
+from bkgjax.missions.nustar_cxb.responses import chip_efficiency
 
 __all__ = [
     "ENERGY_SELECTIONS",

@@ -1,8 +1,9 @@
 """Figures of the NuSTAR stray-light CXB analysis, after Krivonos et al. (2021).
 
-Every function takes the dictionary returned by :func:`bkgjax.missions.nustar_cxb.analysis.run_analysis`
-(or the geometry) and returns a matplotlib Figure; nothing here switches backends or shows
-windows (the CLI saves PNG files with the Agg backend).
+Every function takes the :class:`~bkgjax.missions.nustar_cxb.records.AnalysisResult` returned by
+:func:`bkgjax.missions.nustar_cxb.analysis.run_analysis` (or the geometry) and returns a
+matplotlib Figure; nothing here switches backends or shows windows (the CLI saves PNG files
+with the Agg backend).
 """
 
 from __future__ import annotations
@@ -10,16 +11,9 @@ from __future__ import annotations
 import numpy as np
 
 from bkgjax.missions.nustar_cxb import geometry as nustar
-from bkgjax.missions.nustar_cxb.analysis import (
-    HEAO1_FLUX_3_20,
-    INTEGRAL_FLUX_3_20,
-)
-from bkgjax.missions.nustar_cxb.analysis import (
-    cxb_photons as cxb_photons,
-)
-from bkgjax.missions.nustar_cxb.analysis import (
-    sci_soft_photons as sci_soft_photons,
-)
+from bkgjax.missions.nustar_cxb.results import HEAO1_FLUX_3_20, INTEGRAL_FLUX_3_20
+from bkgjax.missions.nustar_cxb.spectral_stage import cxb_photons, sci_soft_photons
+from bkgjax.stats.intervals import Z_90
 
 __all__ = ["plot_detector_images", "plot_solid_angle_maps", "plot_aperture_spectrum",
            "plot_flux_per_dataset", "save_all"]
@@ -36,13 +30,13 @@ def plot_detector_images(results, *, which="sci"):
     chips laid out as in Fig. 2 (square-root colour scale, masked pixels blank)."""
     import matplotlib.pyplot as plt
 
-    fpms = sorted({m.fpm for m in results["modules"]})
+    fpms = sorted({m.fpm for m in results.modules})
     fig, axes = plt.subplots(1, len(fpms), figsize=(5.2 * len(fpms), 4.6), squeeze=False)
     for ax, fpm in zip(axes[0], fpms):
-        cubes = [(m.sci_counts if which == "sci" else m.occ_counts) for m in results["modules"]
+        cubes = [(m.sci_counts if which == "sci" else m.occ_counts) for m in results.modules
                  if m.fpm == fpm]
         cubes = [c for c in cubes if c is not None]
-        masks = [results["masks"][id(m)] for m in results["modules"] if m.fpm == fpm]
+        masks = [bg.mask for m, bg in zip(results.modules, results.backgrounds) if m.fpm == fpm]
         if not cubes:
             ax.set_axis_off()
             continue
@@ -53,7 +47,7 @@ def plot_detector_images(results, *, which="sci"):
         finite = mosaic[np.isfinite(mosaic)]
         vmin, vmax = np.percentile(finite, [1, 99]) if finite.size else (0, 1)
         im = ax.imshow(mosaic, origin="lower", cmap="viridis", norm=_sqrt_norm(vmin, vmax))
-        ax.set_title(f"{fpm} {which.upper()} {results['e_lo'][0]:.0f}-{results['e_hi'][-1]:.0f}"
+        ax.set_title(f"{fpm} {which.upper()} {results.e_lo[0]:.0f}-{results.e_hi[-1]:.0f}"
                      " keV (stacked)")
         ax.set_xlabel("RAW pixel (mosaic x)")
         ax.set_ylabel("RAW pixel (mosaic y)")
@@ -86,17 +80,18 @@ def plot_aperture_spectrum(results, index=0):
     import jax.numpy as jnp
     import matplotlib.pyplot as plt
 
-    mod, stage, i, fit = results["records"][index]
-    e_lo, e_hi = results["e_lo"], results["e_hi"]
+    spectrum = results.spectra[index]
+    mod, fit = spectrum.module, spectrum.fit
+    e_lo, e_hi = results.e_lo, results.e_hi
     width = e_hi - e_lo
     centre = np.sqrt(e_lo * e_hi)
-    ch_lo, ch_hi = (jnp.asarray(a) for a in results["channels"])
-    response = results["responses"][id(mod)]
-    shape = jnp.asarray(results["soft"][mod.dataset]["shape"], jnp.float64)
-    cxb = response @ np.asarray(cxb_photons(fit["cxb_norm"], 41.13, ch_lo, ch_hi))
-    soft = response @ np.asarray(sci_soft_photons(shape, fit["soft_norm"], ch_lo, ch_hi,
-                                                   results.get("sci_soft_model", "powerlaw")))
-    y, s = stage.n_apt[i], stage.n_apt_err[i]
+    ch_lo, ch_hi = jnp.asarray(results.bands.ch_lo), jnp.asarray(results.bands.ch_hi)
+    response = spectrum.response
+    shape = jnp.asarray(results.soft[mod.dataset].shape, jnp.float64)
+    cxb = response @ np.asarray(cxb_photons(fit.cxb_norm, 41.13, ch_lo, ch_hi))
+    soft = response @ np.asarray(sci_soft_photons(shape, fit.soft_norm, ch_lo, ch_hi,
+                                                   results.sci_soft_model))
+    y, s = spectrum.bands.n_apt, spectrum.bands.n_apt_err
     fig, (top, bottom) = plt.subplots(2, 1, figsize=(6.4, 5.6), sharex=True,
                                       gridspec_kw={"height_ratios": [3, 1]})
     top.errorbar(centre, y / width, yerr=s / width, xerr=[centre - e_lo, e_hi - centre],
@@ -109,8 +104,8 @@ def plot_aperture_spectrum(results, index=0):
     top.set_yscale("log")
     top.set_ylabel(r"photons s$^{-1}$ cm$^{-2}$ keV$^{-1}$ deg$^{-2}$")
     top.legend(fontsize=8)
-    top.set_title(f"F(3-20 keV) = {fit['flux_3_20']:.3e} erg/s/cm$^2$/deg$^2$, "
-                  rf"$\chi^2$/dof = {fit['chi2']:.1f}/{fit['dof']}", fontsize=9)
+    top.set_title(f"F(3-20 keV) = {fit.flux_3_20:.3e} erg/s/cm$^2$/deg$^2$, "
+                  rf"$\chi^2$/dof = {fit.chi2:.1f}/{fit.dof}", fontsize=9)
     bottom.axhline(0, color="0.5", lw=0.8)
     bottom.errorbar(centre, (y - cxb - soft) / s, yerr=1.0, fmt="o", ms=3, color="k")
     bottom.set_ylabel(r"$\Delta/\sigma$")
@@ -124,7 +119,7 @@ def plot_flux_per_dataset(results):
     the weighted mean (last position) and the HEAO-1 and INTEGRAL reference levels."""
     import matplotlib.pyplot as plt
 
-    data = results["json"]
+    data = results.payload
     names = list(dict.fromkeys(d["name"] for d in data["datasets"]))
     fig, ax = plt.subplots(figsize=(7.0, 4.2))
     colors = {"FPMA": "C3", "FPMB": "C0"}
@@ -136,7 +131,7 @@ def plot_flux_per_dataset(results):
                     fmt="o", color=colors.get(entry["fpm"], "k"))
     for fpm, row in data["combined"]["per_fpm"].items():
         x = len(names) + 1 + (-0.1 if fpm == "FPMA" else 0.1)
-        ax.errorbar(x, row["value"] / 1e-11, yerr=1.645 * row["err1sigma"] / 1e-11, fmt="s",
+        ax.errorbar(x, row["value"] / 1e-11, yerr=Z_90 * row["err1sigma"] / 1e-11, fmt="s",
                     color=colors.get(fpm, "k"), label=f"{fpm}")
     ax.axhline(HEAO1_FLUX_3_20 / 1e-11, ls="--", color="0.4", label="HEAO-1 (Gruber+99)")
     ax.axhline(INTEGRAL_FLUX_3_20 / 1e-11, ls="--", color="C2", label="INTEGRAL (Churazov+07)")
@@ -161,7 +156,7 @@ def save_all(results, out_dir, geometries):
         "aperture_spectrum.png": plot_aperture_spectrum(results, 0),
         "flux_per_dataset.png": plot_flux_per_dataset(results),
     }
-    if any(m.occ_counts is not None for m in results["modules"]):
+    if any(m.occ_counts is not None for m in results.modules):
         figures["detector_images_occ.png"] = plot_detector_images(results, which="occ")
     for name, fig in figures.items():
         path = out / name

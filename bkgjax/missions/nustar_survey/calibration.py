@@ -3,7 +3,7 @@ r"""Calibration products of the NuSTAR survey simulations (Zhao et al. 2021,
 DET_ML thresholds with uncertainties (a Table-2-like table), completeness versus flux, sky
 coverage, flux limits and the logN-logS with its variance (eqs. 2-3).
 
-Pure NumPy/SciPy post-processing of the :class:`~bkgjax.missions.nustar_survey.engine.SimResults`
+Pure NumPy/SciPy post-processing of the :class:`~bkgjax.missions.nustar_survey.driver.SimResults`
 arrays (or of any detection list).
 
 Definitions (paper section refs):
@@ -28,7 +28,7 @@ Definitions (paper section refs):
   :func:`detected_inputs` identifies the matched input source by its flux (fluxes are drawn
   from a continuous distribution: equal values within one simulation are the same source).
   :func:`detected_inputs_from_positions` does the same from positions with the 30" nearest-
-  source rule of :func:`~bkgjax.missions.nustar_survey.engine.match_catalogue`.
+  source rule of :func:`~bkgjax.missions.nustar_survey.fixed_detection.match_catalogue`.
 * **Sky coverage** (sec. 3.3, Fig. 5): the paper defines it as completeness times the covered
   area (summed over the exposure intervals), i.e. the detection-probability weighted area
   :math:`\Omega(S) = \sum_\mathrm{pix} A_\mathrm{pix}\,P_\mathrm{det}(S, \mathrm{pix})`

@@ -74,7 +74,7 @@ def _simulate_survey(args) -> int:
             interval = f"{row['exp_min_ks']:g}-{hi:g}" if hi is not None else \
                 f">{row['exp_min_ks']:g}"
 
-            def fmt(key):
+            def fmt(key, row=row):
                 v, lo, hi_ = row.get(key), row.get(key + "_lo"), row.get(key + "_hi")
                 if v is None:
                     return "n/a".rjust(18)
@@ -151,8 +151,9 @@ def register(sub) -> None:
     sim.add_argument("--out", required=True, help="output folder (ECSV, JSON, PNG)")
     sim.add_argument("--processes", type=int, default=None,
                      help="worker processes on a CPU host, e.g. one per core (default: "
-                          "[simulation] processes, 1); same results for any number; their "
-                          "start-up (~30 s) pays off from ~2000-3000 simulations per band")
+                          "[simulation] processes, 1); same results for any number; each "
+                          "worker starts Python and compiles, which pays off only from a "
+                          "few thousand simulations per band")
     sim.add_argument("--no-progress", action="store_true")
 
     sim.set_defaults(func=_simulate_survey)

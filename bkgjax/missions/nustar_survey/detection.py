@@ -148,7 +148,7 @@ def false_probability_count_limit(background_sum, threshold_log10p: float = ns.D
     :math:`P \ge P(k, B) > \alpha`: it can be neither a candidate nor the deeper neighbour of
     one, and the exact :math:`P` is needed only where :math:`C > k`.  The background map is
     the same for every simulation, so this is computed once per band
-    (:func:`bkgjax.missions.nustar_survey.engine.simulate_and_detect`).  ``margin`` makes the
+    (:func:`bkgjax.missions.nustar_survey.driver.simulate_and_detect`).  ``margin`` makes the
     screen conservative against the last-digit differences between SciPy's and JAX's
     incomplete gamma functions.  Integer bisection with :func:`scipy.special.gammainc` (and
     the leading series terms where it underflows, as

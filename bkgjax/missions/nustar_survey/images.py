@@ -73,13 +73,13 @@ def _read_image(path, role):
                 if hdu.is_image and hdu.data is not None and hdu.data.ndim >= 2:
                     data = np.array(hdu.data, dtype=np.float64)
                     header = hdu.header.copy()
+                    hdu_name = "primary HDU" if index == 0 else f"HDU {index}"
                     break
             else:
                 raise BkgjaxIOError(f"{path}: no 2-D image in the primary HDU or any image "
                                     f"extension ({role} image)")
     except OSError as err:
         raise BkgjaxIOError(f"{path}: cannot read as FITS ({role} image): {err}") from err
-    hdu_name = "primary HDU" if index == 0 else f"HDU {index}"
     data = np.squeeze(data)
     if data.ndim != 2:
         raise BkgjaxIOError(f"{path} ({hdu_name}): {role} image must be 2-D, got shape "

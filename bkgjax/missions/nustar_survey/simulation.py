@@ -4,7 +4,7 @@ r"""``bkgjax simulate-survey``: the calibration of a NuSTAR deep survey by simul
 A TOML configuration describes the field (pointings, or the user's exposure and background
 mosaics), the background and the simulation settings; :func:`run_survey_simulation` runs, per
 band, ``n_sims`` mock skies + detection + matching
-(:func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect`) and derives:
+(:func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect`) and derives:
 
 * the Table-2-like DET_ML thresholds at 95 and 99 % reliability per exposure interval, with
   68 % intervals, compared with the paper (``thresholds.ecsv``, readable by ``bkgjax detect
@@ -26,7 +26,7 @@ band, ``n_sims`` mock skies + detection + matching
   simulations, spurious counts measured on the second half, log-log slope of measured versus
   predicted (:func:`spurious_prediction`);
 * the raw per-simulation arrays (``simulations_<band>.npz``, the fields of
-  :class:`~bkgjax.missions.nustar_survey.engine.SimResults`) for further analysis.
+  :class:`~bkgjax.missions.nustar_survey.driver.SimResults`) for further analysis.
 
 Configuration (all keys optional except where noted; the shipped ``nep_like.toml`` is the
 default, see :func:`default_config_path`)::
@@ -96,7 +96,12 @@ class SurveyConfigError(ValueError):
 
 @dataclass(frozen=True)
 class SurveySimConfig:
-    """Parsed simulate-survey configuration (module docstring); ``source`` is the file."""
+    """Parsed simulate-survey configuration (module docstring); ``source`` is the file.
+
+    Of the ``[simulation]`` keys, ``batch_size``, ``batches_per_chunk`` and ``processes`` are
+    execution settings (:class:`~bkgjax.missions.nustar_survey.driver.SimExecution`: speed
+    only); ``bands``, ``n_sims``, ``seed`` and ``max_candidates`` choose the simulations
+    (:class:`~bkgjax.missions.nustar_survey.driver.SurveyPhysics`)."""
 
     name: str = "NEP-like"
     pointings: tuple = ns.NEP_POINTINGS
@@ -113,7 +118,7 @@ class SurveySimConfig:
     bands: tuple = ("3-24", "3-8", "8-24", "8-16", "16-24")
     n_sims: int = 1200
     seed: int = 20211
-    batch_size: int | None = None  # None: survey_vectorised.default_batching
+    batch_size: int | None = None  # None: driver.default_batching
     batches_per_chunk: int | None = None
     max_candidates: int = 128
     processes: int = 1
@@ -124,7 +129,7 @@ class SurveySimConfig:
 
 def default_config_path() -> str:
     """The shipped NEP-like configuration (nine Table-1 pointings, ~680 ks, 0.14 deg^2)."""
-    return str(resources.files("bkgjax") / "data" / "survey" / "nep_like.toml")
+    return str(resources.files("bkgjax.missions.nustar_survey") / "data" / "nep_like.toml")
 
 
 def _get(table, key, kind, default, where):
@@ -488,11 +493,11 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
     """Run the calibration (module docstring) and write the ECSV tables, ``summary.json`` and
     the PNG figures into ``out_dir``; returns the summary dict.  ``n_sims``, ``bands`` and
     ``processes`` (worker processes of
-    :func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect`) override the
+    :func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect`) override the
     configuration's values."""
     from astropy.table import Table, vstack
 
-    from bkgjax.missions.nustar_survey import engine as sv
+    from bkgjax.missions.nustar_survey import driver as sv
     from bkgjax.missions.nustar_survey import sky as survey_sky
 
     os.makedirs(out_dir, exist_ok=True)
@@ -536,7 +541,7 @@ def run_survey_simulation(cfg: SurveySimConfig, out_dir: str, *, n_sims: int | N
         src_ok = sc.detected_inputs(res, table, band=band, level=level)
         centres, area, per = _coverage_from_sims(res, src_ok, fld, cfg.exposure_intervals_ks,
                                                  flux_edges_all)
-        for lo, hi, a, comp in per:
+        for lo, hi, _area, comp in per:
             for k in range(comp.flux.size):
                 comp_rows.append((band, lo, hi, comp.flux_lo[k], comp.flux_hi[k],
                                   int(comp.n_input[k]), int(comp.n_detected[k]),

@@ -65,6 +65,7 @@ from scipy import stats as _sstats
 from scipy.fft import next_fast_len
 
 from bkgjax.missions.nustar_survey import instrument as ns
+from bkgjax.missions.nustar_survey import xla_cpu
 from bkgjax.simulate.poisson import scaled_walk, scaled_walk_unrolled, walk_lengths
 
 __all__ = [
@@ -82,7 +83,6 @@ __all__ = [
     "source_events_image",
     "psf_radius_quantiles",
     "poisson_image",
-    "compact_indices",
 ]
 
 PHOTON_INDEX = 1.8
@@ -191,10 +191,10 @@ def psf_kernel(pixel_scale_arcsec: float, psf=None, radius_arcsec: float = 150.0
 def fft_convolve_same(image, kernel):
     """Linear (zero-padded, no wrap) 2-D convolution of ``image`` with an odd-sized
     ``kernel``, 'same' output as :func:`jax.scipy.signal.convolve2d` (float round-off).  The
-    FFT lengths are :func:`scipy.fft.next_fast_len` (small prime factors: a length with a large
-    prime factor is several times slower; the PSF convolution of the 635-pixel NEP-like field
-    would be the prime 757, 768 is 2.4x faster).  A NumPy ``kernel`` is transformed once, at
-    trace time."""
+    FFT lengths are :func:`scipy.fft.next_fast_len` (small prime factors: an FFT of a length
+    with a large prime factor is several times slower, and the padded length of the PSF
+    convolution of the 635-pixel NEP-like field would be the prime 757).  A NumPy
+    ``kernel`` is transformed once, at trace time."""
     image = jnp.asarray(image, dtype=jnp.float64)
     h, w = image.shape
     kh, kw = np.shape(kernel)
@@ -330,95 +330,6 @@ def simulate_sky(key, exposure, background, pixel_scale_arcsec: float, band: str
     return counts, cat._replace(n_bright_pixels=n_bright)
 
 
-class PackedMask(NamedTuple):
-    """A boolean image packed 32 pixels per word (:func:`pack_mask`): ``words`` (uint32),
-    their population counts ``pop`` and its inclusive prefix sum ``inclusive`` (int32),
-    and the number of pixels ``n``."""
-
-    words: jax.Array
-    pop: jax.Array
-    inclusive: jax.Array
-    n: int
-
-
-def pack_mask(mask) -> PackedMask:
-    """Pack ``mask`` (any shape, raveled) into 32-bit words and prefix-sum their population
-    counts: one reduction over the image, then n/32 entries."""
-    from jax import lax
-
-    flat = jnp.asarray(mask).ravel()
-    n = flat.size
-    n_words = -(-n // 32)
-    bits = jnp.pad(flat, (0, n_words * 32 - n)).reshape(n_words, 32).astype(jnp.uint32)
-    words = jnp.sum(bits << jnp.arange(32, dtype=jnp.uint32), axis=1, dtype=jnp.uint32)
-    pop = lax.population_count(words).astype(jnp.int32)
-    return PackedMask(words, pop, jnp.cumsum(pop), int(n))
-
-
-def compact_indices(mask, size: int, packed: PackedMask | None = None):
-    """Flat indices of the True entries of ``mask`` in increasing order, padded with
-    ``mask.size`` to ``size`` entries (``jnp.nonzero(mask.ravel(), size=, fill_value=)``).
-
-    Gather-based, with no pass of the image beyond packing it: the mask is packed into
-    32-bit words (one reduction, :func:`pack_mask`; pass ``packed`` when it is already
-    packed), their population counts are prefix-summed (n/32 entries), each output slot s
-    finds its word as the number of words whose prefix sum is <= s (a histogram of the
-    prefix sums, itself prefix-summed over the slots; ``searchsorted``'s loop of gathers was
-    slower) and its bit as the (s - word start)-th set bit of the word (five popcount
-    steps).  The cost scales with n/32 + ``size``; a prefix sum and scatter over every pixel
-    (or ``jnp.nonzero``) was 3-4x slower on XLA:CPU for the 635 x 635 NEP-like map."""
-    from jax import lax
-
-    packed = pack_mask(mask) if packed is None else packed
-    n = packed.n
-    words, pop, inclusive = packed.words, packed.pop, packed.inclusive
-    n_words = words.size
-    slot = jnp.arange(size, dtype=jnp.int32)
-    # word of slot s = #{words whose inclusive count <= s}: a histogram of the inclusive
-    # counts, prefix-summed (searchsorted's binary search was a loop of gathers)
-    hist = jnp.zeros(size + 1, jnp.int32).at[inclusive].add(1, mode="drop")
-    word = jnp.minimum(jnp.cumsum(hist[:size]), n_words - 1)
-    rank = slot - (inclusive[word] - pop[word])  # which set bit of the word (0-based)
-    w = words[word]
-    bit = jnp.zeros(size, jnp.uint32)
-    for step in (16, 8, 4, 2, 1):  # largest bit position with at most `rank` set bits below
-        below = lax.population_count(w & ((jnp.uint32(1) << (bit + step)) - jnp.uint32(1)))
-        bit = jnp.where(below.astype(jnp.int32) <= rank, bit + step, bit)
-    idx = word.astype(jnp.int32) * 32 + bit.astype(jnp.int32)
-    return jnp.where(slot < inclusive[-1], idx, jnp.int32(n))
-
-
-def count_true(mask):
-    """Number of True entries of ``mask`` (int32), summed as float32: exact below 2^24
-    entries (every partial sum is an integer below 2^24), and ~2x faster than an integer
-    reduction on XLA:CPU."""
-    if mask.size >= 2**24:
-        return jnp.sum(mask, dtype=jnp.int32)
-    return jnp.sum(mask.astype(jnp.float32)).astype(jnp.int32)
-
-
-def materialised(image):
-    """``image``, written to a buffer that XLA cannot fuse into its consumers.
-
-    XLA:CPU removes ``jax.lax.optimization_barrier`` before fusion, and it duplicated the 20"
-    stencil into both of its consumers (the screen's bit packing, a reduction, and the list
-    gather), each ~4x slower than the stencil alone.  A dynamic-update-slice is a fusion
-    root that consumers read from memory: here the image's first row (element) rewritten,
-    in place, with the row read at an offset that XLA cannot prove to be the same.  Both
-    offsets are ``x == x + 1`` of an element, false (0) for every integer because integers
-    wrap, so the result is always ``image`` (integer images only), with no extra buffer to
-    fill (a zero-filled copy one row longer, the earlier form, cost ~0.2 ms per 635 x 635
-    int32 image on XLA:CPU)."""
-    if not jnp.issubdtype(image.dtype, jnp.integer):
-        raise TypeError(f"materialised: integer images only, got {image.dtype}")
-    flat = image.ravel()
-    # two offsets that are 0 at run time but that XLA cannot prove equal (or 0)
-    source = (flat[0] == flat[0] + 1).astype(jnp.int32)
-    target = (flat[-1] == flat[-1] + 1).astype(jnp.int32)
-    row = jax.lax.dynamic_slice_in_dim(image, source, 1, axis=0)
-    return jax.lax.dynamic_update_slice_in_dim(image, row, target, axis=0)
-
-
 POISSON_SPLIT_MEAN = 8.0
 """Pixel means are split at this value for :func:`poisson_image`."""
 
@@ -441,10 +352,10 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     ``finish_tail=False``: no loop; those pixels keep the value ``n_unroll`` and are counted
     in ``n_unfinished``, so the caller can redraw with ``finish_tail=True`` (same key, same
     image elsewhere) when it is not 0.  The loop's carried full-size arrays break the
-    kernel's fusion: without it the draw is ~2x faster on XLA:CPU.
+    kernel's fusion, so the draw without it is the faster one on XLA:CPU.
 
     ``uniform_bits``: 64, one ``jax.random.uniform`` float64 per pixel (two 32-bit random
-    words); 32 (the simulation engine), one 32-bit word :math:`w` per pixel and
+    words); 32 (the simulation driver), one 32-bit word :math:`w` per pixel and
     :math:`u = (w + 1/2)\,2^{-32}` (the two halves of ``n/2`` 64-bit words): half the random
     numbers (threefry is most of the cost of the draw on a CPU), and every Poisson
     probability is still reproduced to
@@ -454,7 +365,7 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
     pixels above L, n_unfinished); more than
     ``max_bright`` pixels above L would leave the excess of the others undrawn
     (``max_bright=0``: no list, for callers that know that no mean exceeds L), so callers
-    must check that number (:func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect`
+    must check that number (:func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect`
     does)."""
     if not 0.0 < float(split_mean) <= 500.0:
         raise ValueError(f"poisson_image: split_mean must be in (0, 500] (the walk scales by "
@@ -480,21 +391,21 @@ def poisson_image(key, lam, split_mean: float = POISSON_SPLIT_MEAN, max_bright: 
         n_unfinished = jnp.asarray(0, jnp.int32)
     else:
         k = scaled_walk_unrolled(u, small, n_unroll)[0]
-        # the walk is written once and read by both consumers: XLA:CPU had fused it into
-        # each (the counts and this count), running it twice.  k counts the CDF terms below
-        # u, so k == n_unroll exactly where u is above the last one (the draw is unfinished)
-        k = materialised(k)
+        # the walk is written once and read by both consumers (the counts and this count),
+        # which XLA:CPU would otherwise each fuse it into, running it twice.  k counts the CDF
+        # terms below u, so k == n_unroll exactly where u is above the last one (unfinished)
+        k = xla_cpu.materialised(k)
         counts = k.astype(dtype)
-        n_unfinished = count_true(k == n_unroll)
+        n_unfinished = xla_cpu.count_true(k == n_unroll)
     excess = (lam - small).ravel()
     bright = excess > 0
-    # counted as float32 (count_true): an int64 sum had made XLA:CPU write the converted mask
-    n_bright = count_true(bright)
+    # counted as float32 (count_true): an int64 sum makes XLA:CPU write the converted mask
+    n_bright = xla_cpu.count_true(bright)
     if max_bright == 0:  # the caller guarantees lam <= split_mean (n_bright reports a breach)
         return counts, n_bright, n_unfinished
     n_pix = excess.size
     size = int(min(n_pix, max_bright))
-    idx = compact_indices(bright, size)
+    idx = xla_cpu.compact_indices(bright, size)
     mean = jnp.where(idx < n_pix, excess[jnp.minimum(idx, n_pix - 1)], 0.0)
     extra = jax.random.poisson(k_b, mean).astype(dtype)
     counts = counts.ravel().at[idx].add(extra, mode="drop").reshape(lam.shape)
@@ -565,7 +476,7 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
         slot = j * block + lane
         # the source of photon `slot`: #{sources whose cumulative count <= slot}, as a
         # histogram of the cumulative counts over this block, prefix-summed (the sources
-        # ending before the block count for every lane; searchsorted was a gather loop)
+        # ending before the block count for every lane; searchsorted is a gather loop)
         ends = jnp.zeros(block + 1, jnp.int32).at[jnp.clip(cum - j * block, 0, block)].add(1)
         src = jnp.minimum(jnp.cumsum(ends[:block]), cum.size - 1)
         # radius by linear interpolation of the inverse truncated EEF on its regular u grid
@@ -578,14 +489,14 @@ def source_events_image(key, cat: SkyCatalogue, good, pixel_scale_arcsec: float,
         py = jnp.floor(cat.y[src] + radius * jnp.sin(angle) + 0.5).astype(jnp.int32)
         inside = (px >= 0) & (px < w) & (py >= 0) & (py < h)
         # the photon's pixel (n_pix: off the image or beyond the last photon) is written
-        # once: XLA:CPU had fused the positions (sin, cos, interpolation) into each of the
-        # three consumers below
-        flat = materialised(jnp.where(inside & (slot < n_total),
-                                      jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1),
-                                      n_pix))
+        # once: XLA:CPU would otherwise fuse the positions (sin, cos, interpolation) into
+        # each of the three consumers below
+        flat = xla_cpu.materialised(jnp.where(inside & (slot < n_total),
+                                              jnp.clip(py, 0, h - 1) * w + jnp.clip(px, 0, w - 1),
+                                              n_pix))
         target = jnp.where(good_flat[jnp.minimum(flat, n_pix - 1)], flat, n_pix)
         image = image.at[target].add(jnp.ones((), dtype), mode="drop")
-        return j + 1, image, n_kept + count_true(target < n_pix)
+        return j + 1, image, n_kept + xla_cpu.count_true(target < n_pix)
 
     init = (jnp.asarray(0, jnp.int32), jnp.zeros(n_pix, dtype),
             jnp.asarray(0, jnp.int32))
@@ -602,8 +513,8 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
                         finish_poisson_tail: bool = True, poisson_unroll: int | None = None,
                         dtype=jnp.float64, uniform_bits: int = 64):
     r"""One mock sky with the sources drawn photon by photon: ``(counts image,
-    SkyCatalogue)``; the engine of
-    :func:`~bkgjax.missions.nustar_survey.engine.simulate_and_detect`.
+    SkyCatalogue)``; the mock sky of
+    :func:`~bkgjax.missions.nustar_survey.driver.simulate_and_detect`.
 
     Same recipe as :func:`simulate_sky` (module docstring) with two differences:
 
@@ -621,7 +532,7 @@ def simulate_sky_events(key, exposure, background, pixel_scale_arcsec: float,
     ``SkyCatalogue.n_source_events`` holds the photons drawn (``event_block`` at a time),
     ``n_bright_pixels`` the background pixels above the split (must be <= ``max_bright``)
     and ``n_unfinished_pixels`` the draws left unfinished (must be 0).  The counts image is
-    ``dtype`` (float64; ``jnp.int32`` in the simulation engine, half the memory traffic)."""
+    ``dtype`` (float64; ``jnp.int32`` in the simulation driver, half the memory traffic)."""
     exposure = jnp.asarray(exposure, dtype=jnp.float64)
     background = jnp.asarray(background, dtype=jnp.float64)
     good = exposure > 0
