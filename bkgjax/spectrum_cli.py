@@ -56,6 +56,43 @@ def _print_posterior(posterior):
               f"  ESS {row['ess_bulk']:.0f}")
 
 
+def _apply_parameter_flags(model, freezes, sets):
+    """Apply ``--freeze NAME[=VALUE]`` and ``--set NAME=VALUE``; returns (model, the qualified
+    names whose value the user gave).  ValueError names the flag and the value."""
+    import math
+
+    given = set()
+
+    def value_of(flag, text, raw, name):
+        try:
+            value = float(raw)
+        except ValueError:
+            raise ValueError(f"{flag} {text!r}: {raw!r} is not a number") from None
+        p = model[name]
+        if not math.isfinite(value) or not p.min <= value <= p.max:
+            raise ValueError(f"{flag} {text!r}: {name} must be a finite value in "
+                             f"[{p.min:g}, {p.max:g}]")
+        return value
+
+    for flag, items in (("--set", sets), ("--freeze", freezes)):
+        for text in items:
+            name, sep, raw = text.partition("=")
+            name = name.strip()
+            if flag == "--set" and not sep:
+                raise ValueError(f"--set {text!r}: expected NAME=VALUE")
+            try:
+                qualified = model.names[model._index(name)]
+            except KeyError as err:
+                raise ValueError(f"{flag} {text!r}: {err.args[0]}") from None
+            value = value_of(flag, text, raw, qualified) if sep else None
+            if value is not None:
+                given.add(qualified)
+            model = model.set(qualified, value, frozen=True if flag == "--freeze" else None)
+    if not model.free_names:
+        raise ValueError("--freeze: every parameter is frozen; nothing is left to fit")
+    return model, given
+
+
 def _fit_spectrum(args) -> int:
     import numpy as np
 
@@ -83,7 +120,7 @@ def _fit_spectrum(args) -> int:
         print(f"error: --group: {err}", file=sys.stderr)
         return 2
     try:
-        model = parse_model(args.model)
+        model, given = _apply_parameter_flags(parse_model(args.model), args.freeze, args.set)
         data = load(args.pha, erange=(lo, hi), ignore=[tuple(r) for r in args.ignore],
                     grouping=grouping, rmf=args.rmf, arf=args.arf,
                     use_background=not args.no_background)
@@ -94,7 +131,7 @@ def _fit_spectrum(args) -> int:
         print(f"error: {args.pha} has no background (BACKFILE); wstat needs one",
               file=sys.stderr)
         return 2
-    model = guess_norms(model, data)
+    model = guess_norms(model, data, keep=given)
     print(f"{args.pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
           + (", background loaded" if data.has_background else ""))
     if data.has_background and args.stat in ("cash", "cstat"):
@@ -215,6 +252,10 @@ def register(sub) -> None:
     fs.add_argument("--group", default="file", metavar="SPEC",
                     help="grouping: file (the PHA's GROUPING/QUALITY, default), none, "
                          "min-counts:N or min-snr:S (over all channels, then the energy filter)")
+    fs.add_argument("--freeze", action="append", default=[], metavar="NAME[=VALUE]",
+                    help="freeze a parameter (at VALUE), e.g. --freeze PhoIndex=2 (repeatable)")
+    fs.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
+                    help="start value of a parameter, e.g. --set LineE=6.4 (repeatable)")
     fs.add_argument("--no-background", action="store_true",
                     help="ignore BACKFILE (cash/cstat on the source spectrum alone)")
     fs.add_argument("--rmf", default=None, help="RMF overriding RESPFILE")

@@ -31,6 +31,8 @@ CORE_ALLOWED = {
 TOP_LEVEL_CORE = {"plotting", "spectrum_cli"}
 #: The one module that sees every mission: it registers their subcommands.
 DISPATCH = {"cli"}
+#: Top-level modules every layer may import (they import nothing of bkgjax themselves).
+SHARED = {"__init__", "runtime"}
 
 
 def module_name(path: Path, root: Path = PACKAGE) -> tuple[str, bool]:
@@ -102,11 +104,13 @@ def violations(root: Path = PACKAGE) -> list[str]:
             elif kind == "core" and t_kind == "core" and t_name != name \
                     and t_name not in CORE_ALLOWED[name]:
                 found.append(f"{where}: {name}/ may not import {t_name}/ ({target})")
-            elif kind == "core" and t_kind == "top" and t_name not in ("__init__",):
+            elif kind == "core" and t_kind == "top" and t_name not in SHARED:
                 found.append(f"{where}: core {name}/ imports the top-level module {target}")
             elif kind == "top" and name in TOP_LEVEL_CORE and t_kind == "top" \
                     and t_name in DISPATCH:
                 found.append(f"{where}: {module} imports the CLI dispatcher {target}")
+            elif kind == "top" and name in SHARED - {"__init__"}:
+                found.append(f"{where}: {module} must import nothing of bkgjax ({target})")
     return found
 
 

@@ -93,3 +93,32 @@ def test_cstat_with_loaded_background_warns_in_the_api():
         warnings.simplefilter("error", BackgroundIgnoredWarning)
         fit(model, plain, "cstat", errors="covariance")  # no background: nothing to say
         fit(model, data, "wstat", errors="covariance")   # wstat uses it
+
+
+def test_freeze_and_set(tmp_path, capsys):
+    out = tmp_path / "fit.json"
+    assert main(["fit-spectrum", demo_spectrum_path(), "--freeze", "PhoIndex=1.8",
+                 "--no-background", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload["params"]) == {"norm"} and payload["frozen"] == {"PhoIndex": 1.8}
+    assert payload["dof"] == payload["n_bins"] - 1
+    printed = capsys.readouterr().out
+    assert "PhoIndex" in printed and "frozen" in printed  # frozen parameters are listed
+    # --set gives the start; the fit moves it (and guess_norms leaves a set norm alone)
+    assert main(["fit-spectrum", demo_spectrum_path(), "--set", "PhoIndex=2.5", "--set",
+                 "norm=2e-5", "--no-background", "--json", str(out)]) == 0
+    moved = json.loads(out.read_text())["params"]["PhoIndex"]["value"]
+    assert moved == pytest.approx(1.188, abs=0.01)
+
+
+@pytest.mark.parametrize("argv, message", [
+    (["--set", "PhoIndx=2"], "--set 'PhoIndx=2': no parameter 'PhoIndx'"),
+    (["--set", "PhoIndex"], "--set 'PhoIndex': expected NAME=VALUE"),
+    (["--set", "PhoIndex=abc"], "'abc' is not a number"),
+    (["--set", "PhoIndex=99"], "must be a finite value in [-3, 10]"),
+    (["--freeze", "PhoIndex", "--freeze", "norm"], "every parameter is frozen"),
+    (["--freeze", "nH=1"], "--freeze 'nH=1': no parameter 'nH'"),
+])
+def test_freeze_and_set_bad_values(argv, message, capsys):
+    assert main(["fit-spectrum", demo_spectrum_path(), *argv]) == 2
+    assert message in capsys.readouterr().err

@@ -28,7 +28,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.stats import chi2 as _chi2
+from scipy.special import chdtri
 
 from ..spectral.model import Model
 from .dataset import (
@@ -38,6 +38,7 @@ from .dataset import (
     statistic_per_bin,
     total_statistic_of_theta,
 )
+from .export_cache import exported_call
 from .optimize import (
     CONVERGED_STATUSES,
     STATUS_MESSAGES,
@@ -58,7 +59,7 @@ def delta_stat(level: float, n_interest: int = 1) -> float:
     """Statistic increase for a confidence ``level`` (0.9 -> 2.7055 for one parameter)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
-    return float(_chi2.ppf(level, n_interest))
+    return float(chdtri(n_interest, 1.0 - level))  # the chi2 quantile (scipy.stats is slow to import)
 
 
 class FitOptions(NamedTuple):
@@ -148,15 +149,24 @@ def total_statistic(model: Model, data: SpectralData, stat="cstat", values=None)
     return total_statistic_of_theta(stat, model.structure, theta, data)
 
 
-def guess_norms(model: Model, data: SpectralData) -> Model:
+@partial(jax.jit, static_argnames=("structure",))
+def _total_predicted(theta, data, *, structure):
+    """Total predicted source counts: one compiled function (op by op, the eager sum compiled
+    dozens of small kernels in every new process)."""
+    return jnp.sum(predicted_counts(structure, theta, data))
+
+
+def guess_norms(model: Model, data: SpectralData, *, keep=()) -> Model:
     """Rescale every free ``norm`` so that the model predicts the observed total counts
     (background-subtracted when a background is loaded).  A cheap start for fits of real
-    data whose default norms are off by orders of magnitude."""
-    norms = [p.name for p in model.parameters if p.is_free and p.short_name == "norm"]
+    data whose default norms are off by orders of magnitude.  Parameters named in ``keep``
+    (qualified names, e.g. values the user set) are left as they are."""
+    norms = [p.name for p in model.parameters
+             if p.is_free and p.short_name == "norm" and p.name not in keep]
     if not norms:
         return model
-    predicted = float(jnp.sum(predicted_counts(
-        model.structure, jnp.asarray(list(model.resolve({}).values())), data)))
+    predicted = float(_total_predicted(jnp.asarray(list(model.resolve({}).values())), data,
+                                       structure=model.structure))
     observed = float(jnp.sum(data.counts))
     if data.has_background:
         observed -= float(jnp.sum(data.background_counts / data.background_ratio))
@@ -346,6 +356,11 @@ class FitResult:
                 mark = lambda v, f: f"{v:14.6g}" + ("*" if f != BoundFlag.FOUND else " ")  # noqa: E731
                 row += f" {mark(lo, flags[0])}{mark(hi, flags[1])}"
             rows.append(row + f" {self.model[name].unit}")
+        for p in self.model.parameters:  # frozen and linked parameters are listed too
+            if not p.is_free:
+                state = "frozen" if p.frozen else f"= {p.link}"
+                rows.append(f"{display[p.name]:22s} {self.values[p.name]:14.6g} {state:>12s}"
+                            f" {p.unit}")
         tail = ""
         if any(f != BoundFlag.FOUND for fl in self.bound_flags.values() for f in fl):
             tail = "\n* bound at a parameter limit or not found (see bound_flags)"
@@ -396,8 +411,11 @@ def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = 
     warn_if_background_ignored(data, stat)
     options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
                          level=float(level), n_starts=int(n_starts))
-    out = _fit_one(theta_all, lower, upper, jax.random.PRNGKey(seed), data,
-                   structure=model.structure, free_idx=free_idx, stat=stat, options=options)
+    # through the on-disk export cache: a new process skips tracing (export_cache docstring)
+    out = exported_call(_fit_one, "bkgjax.fit.core._fit_one",
+                        {"structure": model.structure, "free_idx": free_idx, "stat": stat,
+                         "options": options},
+                        theta_all, lower, upper, jax.random.PRNGKey(seed), data)
     out = jax.tree_util.tree_map(np.asarray, out)
     return _make_result(model, data, stat, free_names, free_idx, out, options)
 

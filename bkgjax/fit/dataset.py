@@ -222,8 +222,8 @@ class _Label:
     def __hash__(self):
         return hash(_Label)
 
-    def __repr__(self):
-        return f"_Label({self.value!r})"
+    def __repr__(self):  # the same for every name: tree structures print (and key) alike
+        return "_Label"
 
 
 _DATA_FIELDS = ("counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo", "bin_hi",

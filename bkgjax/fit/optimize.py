@@ -20,7 +20,6 @@ from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
-import optax
 
 __all__ = [
     "hessian_derivatives",
@@ -222,6 +221,8 @@ def lbfgs(fun, x0, *, derivatives=None, max_iter=1000, gtol=1e-8, memory_size=10
     autodiff of ``fun``), as in :func:`levenberg_marquardt`.
     """
     x0 = jnp.asarray(x0, dtype=jnp.float64)
+    import optax  # here, not at import: optax costs ~0.4 s that Newton/LM fits never need
+
     solver = optax.lbfgs(memory_size=memory_size)
     value_and_grad = optax.value_and_grad_from_state(fun)
 

@@ -13,7 +13,6 @@ from dataclasses import dataclass
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.optimize import minimize
 
 from ..spectral.model import Model
 from .dataset import SpectralData, total_statistic_of_theta
@@ -66,6 +65,8 @@ def fit_nelder_mead(model: Model, data: SpectralData, stat: str = "cstat", *,
 
     def run(start, counts, background_counts):
         fun = lambda x: float(objective(jnp.asarray(x), counts, background_counts))  # noqa: E731
+        from scipy.optimize import minimize  # the reference path only
+
         out = minimize(fun, start, method="Nelder-Mead", bounds=bounds,
                        options={"xatol": xatol, "fatol": fatol, "maxfev": max_evaluations,
                                 "adaptive": len(start) > 3})
