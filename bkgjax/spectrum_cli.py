@@ -106,6 +106,11 @@ def _fit_spectrum(args) -> int:
         return 2
     from bkgjax.fit.grouping import parse_grouping
 
+    if args.sample and args.stat.startswith("chi2"):
+        print(f"error: --sample samples a Poisson likelihood; --stat {args.stat} has none "
+              "(use cstat, cash or wstat)", file=sys.stderr)
+        return 2
+
     lo, hi = args.erange
     if not (0 < lo < hi):
         print(f"error: --erange needs 0 < LO < HI keV, got {lo:g} {hi:g}", file=sys.stderr)
@@ -138,9 +143,18 @@ def _fit_spectrum(args) -> int:
         print(f"warning: {args.stat} fits the source counts alone: the loaded background "
               f"spectrum is ignored; use --stat wstat to profile it, or --no-background",
               file=sys.stderr)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", BackgroundIgnoredWarning)  # said once, above
-        result = fit(model, data, args.stat, errors="profile", level=0.9, n_starts=args.starts)
+    if args.stat.startswith("chi2") and data.has_background:
+        print(f"error: --stat {args.stat} on background-subtracted counts is not implemented; "
+              f"add --no-background, or use --stat wstat", file=sys.stderr)
+        return 2
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore", BackgroundIgnoredWarning)  # said once, above
+            result = fit(model, data, args.stat, errors="profile", level=0.9,
+                         n_starts=args.starts)
+    except ValueError as err:  # data the statistic cannot use (e.g. chi2datavar, empty bins)
+        print(f"error: --stat {args.stat}: {err}", file=sys.stderr)
+        return 2
     print(result)
     payload = result.to_dict()
     payload["data"] = {"erange_keV": [lo, hi], "ignore_keV": [list(r) for r in args.ignore],
@@ -244,7 +258,9 @@ def register(sub) -> None:
     fs.add_argument("pha", help="PHA file (type I); BACKFILE/RESPFILE/ANCRFILE are followed")
     fs.add_argument("--model", default="powerlaw",
                     help="model expression, e.g. 'powerlaw' or 'constant*(powerlaw+gaussian)'")
-    fs.add_argument("--stat", choices=("cash", "cstat", "wstat"), default="cstat")
+    fs.add_argument("--stat", choices=("cash", "cstat", "wstat", "chi2", "chi2gehrels",
+                                       "chi2datavar", "chi2modvar"), default="cstat",
+                    help="fit statistic (chi2 = chi2gehrels, Sherpa's names)")
     fs.add_argument("--erange", nargs=2, type=float, metavar=("LO", "HI"), default=(0.5, 7.0),
                     help="energy range in keV (channels overlapping it are used)")
     fs.add_argument("--ignore", nargs=2, type=float, metavar=("LO", "HI"), action="append",

@@ -390,3 +390,26 @@ def test_wstat_covariance_coverage_with_simulated_background(dgtau):
     coverage = (z <= 1.6448536269514722).mean(axis=0)
     print("wstat covariance 90% coverage", coverage)
     assert np.all(np.abs(coverage - 0.9) <= 0.03), coverage
+
+
+@pytest.mark.parametrize("start", [10.0, -3.0, 9.9999])
+def test_start_on_a_limit_is_moved_inside_and_reaches_the_minimum(start):
+    """A start on (or next to) a parameter limit used to stay there with converged=True (the
+    bounded map saturates); it is moved inside, as Sherpa does, and the fit finds the minimum."""
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0), use_background=False)
+    model = guess_norms(powerlaw(), data)
+    best = fit(model.set("powerlaw.PhoIndex", 1.5), data, "cstat", errors="covariance")
+    moved = fit(model.set("powerlaw.PhoIndex", start), data, "cstat", errors="covariance")
+    assert moved.converged and not any(moved.at_limit.values())
+    assert moved.stat_value == pytest.approx(best.stat_value, abs=1e-6)
+    assert moved.values["powerlaw.PhoIndex"] == pytest.approx(best.values["powerlaw.PhoIndex"],
+                                                              abs=1e-5)
+
+
+def test_best_value_at_a_limit_is_flagged():
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0), use_background=False)
+    model = guess_norms(powerlaw(), data).set("powerlaw.PhoIndex", 0.5, max=1.0)
+    result = fit(model, data, "cstat")  # the minimum (1.19) lies beyond the limit
+    assert result.at_limit == {"powerlaw.PhoIndex": True, "powerlaw.norm": False}
+    assert result.to_dict()["params"]["PhoIndex"]["at_limit"] is True
+    assert "at its limit" in str(result)

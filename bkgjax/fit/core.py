@@ -32,6 +32,7 @@ from scipy.special import chdtri
 
 from ..spectral.model import Model
 from .dataset import (
+    CHI2_STATISTICS,
     STATISTICS,
     SpectralData,
     predicted_counts,
@@ -261,15 +262,69 @@ def _prepare(model: Model, data: SpectralData, stat: str):
     if stat == "wstat" and not data.has_background:
         raise ValueError(f"{data.name}: stat='wstat' needs a background spectrum; load one or "
                          "use cstat/cash")
+    if stat in CHI2_STATISTICS and data.has_background:
+        raise ValueError(f"{data.name}: {stat} of background-subtracted counts is not "
+                         "implemented; load without the background (use_background=False, CLI "
+                         "--no-background) or fit with wstat")
+    if stat == "chi2datavar" and bool(np.any(np.asarray(data.counts) == 0)):
+        raise ValueError(f"{data.name}: chi2datavar needs counts > 0 in every bin "
+                         f"({int(np.sum(np.asarray(data.counts) == 0))} empty); group the "
+                         "spectrum (grouping='min-counts:N'), or use chi2 (Gehrels) or cstat")
     free_names = model.free_names
     if not free_names:
         raise ValueError(f"model {model} has no free parameter")
     names = model.names
     free_idx = tuple(names.index(n) for n in free_names)
-    theta_all = jnp.asarray(list(model.resolve({}).values()), dtype=jnp.float64)
-    lower = jnp.asarray([p.min for p in model.parameters], dtype=jnp.float64)
-    upper = jnp.asarray([p.max for p in model.parameters], dtype=jnp.float64)
-    return free_names, free_idx, theta_all, lower, upper
+    theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
+    lower = np.asarray([p.min for p in model.parameters], dtype=np.float64)
+    upper = np.asarray([p.max for p in model.parameters], dtype=np.float64)
+    theta_all = start_inside_limits(theta_all, lower, upper, free_idx)
+    return (free_names, free_idx, jnp.asarray(theta_all), jnp.asarray(lower),
+            jnp.asarray(upper))
+
+
+#: A start closer to a limit than this fraction of the limit's scale (the range, or the
+#: limit's magnitude if smaller, at least 1), or outside it, is moved that far inside: on the
+#: limit the bounded-to-unbounded map saturates, the gradient vanishes and a Newton fit would
+#: stop there and report convergence.
+START_MARGIN = 1e-3
+#: Ranges wider than this (norms: 0 to 1e24) map like a logarithm near the lower limit and
+#: need no margin.
+_MODERATE_RANGE = 1e6
+
+
+def start_inside_limits(theta, lower, upper, free_idx):
+    """Free starts on or beyond a limit moved :data:`START_MARGIN` of the range inside (as
+    Sherpa moves a start into its limits); other values are returned unchanged."""
+    theta = np.array(theta, dtype=np.float64)
+    for i in free_idx:
+        lo, hi = float(lower[i]), float(upper[i])
+        if np.isfinite(lo) and np.isfinite(hi) and hi - lo <= _MODERATE_RANGE:
+            span = hi - lo
+            theta[i] = max(theta[i], lo + START_MARGIN * min(span, max(1.0, abs(lo))))
+            theta[i] = min(theta[i], hi - START_MARGIN * min(span, max(1.0, abs(hi))))
+        elif np.isfinite(lo) and theta[i] < lo:
+            theta[i] = lo
+        elif np.isfinite(hi) and theta[i] > hi:
+            theta[i] = hi
+    return theta
+
+
+def at_limits(values, model: Model, free_names, rtol: float = 1e-6) -> dict:
+    """Per free parameter: True when the best value lies within ``rtol`` of its range (or of
+    the limit's magnitude for one-sided or very wide ranges) from a limit."""
+    flags = {}
+    for name in free_names:
+        p, v = model[name], values[name]
+        flags[name] = False
+        for limit in (p.min, p.max):
+            if not np.isfinite(limit):
+                continue
+            scale = (p.max - p.min) if np.isfinite(p.max - p.min) and p.max - p.min <= \
+                _MODERATE_RANGE else max(abs(limit), 1.0)
+            if abs(v - limit) <= rtol * scale:
+                flags[name] = True
+    return flags
 
 
 @dataclass(frozen=True)
@@ -298,6 +353,7 @@ class FitResult:
     level: float | None = None
     intervals: dict = field(default_factory=dict)
     bound_flags: dict = field(default_factory=dict)
+    at_limit: dict = field(default_factory=dict)
 
     @property
     def reduced_stat(self) -> float:
@@ -314,6 +370,7 @@ class FitResult:
                 lo, hi = self.intervals[name]
                 entry[f"lower{int(round(100 * self.level))}"] = lo
                 entry[f"upper{int(round(100 * self.level))}"] = hi
+            entry["at_limit"] = bool(self.at_limit.get(name, False))
             params[display[name]] = entry
         frozen = {display[p.name]: self.values[p.name] for p in self.model.parameters
                   if not p.is_free}
@@ -355,7 +412,8 @@ class FitResult:
                 flags = self.bound_flags.get(name, (BoundFlag.FOUND, BoundFlag.FOUND))
                 mark = lambda v, f: f"{v:14.6g}" + ("*" if f != BoundFlag.FOUND else " ")  # noqa: E731
                 row += f" {mark(lo, flags[0])}{mark(hi, flags[1])}"
-            rows.append(row + f" {self.model[name].unit}")
+            rows.append(row + f" {self.model[name].unit}"
+                        + ("  (at its limit)" if self.at_limit.get(name) else ""))
         for p in self.model.parameters:  # frozen and linked parameters are listed too
             if not p.is_free:
                 state = "frozen" if p.frozen else f"= {p.link}"
@@ -364,6 +422,9 @@ class FitResult:
         tail = ""
         if any(f != BoundFlag.FOUND for fl in self.bound_flags.values() for f in fl):
             tail = "\n* bound at a parameter limit or not found (see bound_flags)"
+        if any(self.at_limit.values()):
+            tail += ("\nbest value at a parameter limit: the minimum may lie beyond it (widen "
+                     "the limit) or the data do not constrain it (an upper limit)")
         return head + "\n".join(rows) + tail
 
 
@@ -450,6 +511,7 @@ def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitRe
         level=options.level if options.profile else None,
         intervals=intervals,
         bound_flags=flags,
+        at_limit=at_limits(values, model, free_names),
     )
 
 

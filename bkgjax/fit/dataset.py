@@ -29,13 +29,15 @@ import numpy as np
 
 from ..io import SpectrumFiles, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
-from ..stats import cash, cstat, wstat
+from ..stats import cash, chi2_datavar, chi2_gehrels, chi2_modvar, cstat, wstat
 from .grouping import group_min_counts, group_min_snr, noticed_groups, parse_grouping
 
-__all__ = ["SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
+__all__ = ["CHI2_STATISTICS", "SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
            "total_statistic_of_theta"]
 
-STATISTICS = ("cash", "cstat", "wstat")
+STATISTICS = ("cash", "cstat", "wstat", "chi2", "chi2gehrels", "chi2datavar", "chi2modvar")
+#: The chi-square statistics (Sherpa names; "chi2" is "chi2gehrels", Sherpa's default).
+CHI2_STATISTICS = ("chi2", "chi2gehrels", "chi2datavar", "chi2modvar")
 
 
 @dataclass(frozen=True)
@@ -316,6 +318,12 @@ def statistic_per_bin(stat: str, model_counts, data: SpectralData):
         if data.background_counts is None:
             raise ValueError(f"{data.name}: wstat needs a background spectrum (BACKFILE)")
         return wstat(model_counts, data.counts, data.background_counts, data.background_ratio)
+    if stat in ("chi2", "chi2gehrels"):
+        return chi2_gehrels(model_counts, data.counts)
+    if stat == "chi2datavar":
+        return chi2_datavar(model_counts, data.counts)
+    if stat == "chi2modvar":
+        return chi2_modvar(model_counts, data.counts)
     raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")
 
 

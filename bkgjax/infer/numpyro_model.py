@@ -194,6 +194,9 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
     """
     import arviz as az
 
+    if stat not in ("cash", "cstat", "wstat"):
+        raise ValueError(f"run_nuts samples a Poisson likelihood; stat={stat!r} has none "
+                         "(use cstat, cash or wstat)")
     best = _fit(model, data, stat, errors="covariance")
     key = jax.random.PRNGKey(seed)
     key_init, key_run, key_ppc = jax.random.split(key, 3)

@@ -12,7 +12,9 @@ from .intervals import (
 )
 from .likelihoods import (
     cash,
+    chi2_datavar,
     chi2_gehrels,
+    chi2_modvar,
     cstat,
     poisson_loglike,
     wstat,
@@ -22,7 +24,9 @@ from .likelihoods import (
 
 __all__ = [
     "cash",
+    "chi2_datavar",
     "chi2_gehrels",
+    "chi2_modvar",
     "cstat",
     "det_ml",
     "false_probability",

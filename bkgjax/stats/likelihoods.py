@@ -33,6 +33,8 @@ __all__ = [
     "wstat",
     "wstat_background",
     "chi2_gehrels",
+    "chi2_datavar",
+    "chi2_modvar",
 ]
 
 
@@ -178,3 +180,21 @@ def chi2_gehrels(model_counts, counts):
     """
     sigma = 1.0 + jnp.sqrt(counts + 0.75)
     return ((counts - model_counts) / sigma) ** 2
+
+
+def chi2_datavar(model_counts, counts):
+    r"""Chi-square with the data as variance, :math:`(D-M)^2/D` per bin (Sherpa
+    ``chi2datavar``; XSPEC ``chi``).  A bin with no counts has zero variance: infinite unless
+    the model is 0 there too (callers reject such spectra before fitting)."""
+    positive = counts > 0
+    variance = jnp.where(positive, counts, 1.0)
+    residual = counts - model_counts
+    return jnp.where(positive, residual**2 / variance,
+                     jnp.where(residual == 0, 0.0, jnp.inf))
+
+
+def chi2_modvar(model_counts, counts):
+    r"""Chi-square with the model as variance, :math:`(D-M)^2/\max(M, 1)` per bin: Sherpa's
+    ``chi2modvar``, whose variance is never below 1 (so a model far below one count per bin
+    does not blow the statistic up; value and gradient finite for every M >= 0)."""
+    return (counts - model_counts) ** 2 / jnp.maximum(model_counts, 1.0)
