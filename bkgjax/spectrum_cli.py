@@ -106,6 +106,11 @@ def _fit_spectrum(args) -> int:
         return 2
     from bkgjax.fit.grouping import parse_grouping
 
+    for flag, value, low in (("--warmup", args.warmup, 0), ("--samples", args.samples, 1),
+                             ("--chains", args.chains, 1), ("--starts", args.starts, 1)):
+        if value < low:
+            print(f"error: {flag} must be >= {low}, got {value}", file=sys.stderr)
+            return 2
     if args.sample and args.stat.startswith("chi2"):
         print(f"error: --sample samples a Poisson likelihood; --stat {args.stat} has none "
               "(use cstat, cash or wstat)", file=sys.stderr)
@@ -160,13 +165,16 @@ def _fit_spectrum(args) -> int:
     payload["data"] = {"erange_keV": [lo, hi], "ignore_keV": [list(r) for r in args.ignore],
                        "grouping": str(grouping)}
     if args.sample:
-        from bkgjax.infer import posterior_flux, run_nuts
+        from bkgjax.infer import NutsDiagnosticsWarning, nuts_diagnostics, posterior_flux, run_nuts
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BackgroundIgnoredWarning)
+            warnings.simplefilter("ignore", NutsDiagnosticsWarning)  # reported below
             idata = run_nuts(result.model, data, args.stat, num_warmup=args.warmup,
                              num_samples=args.samples, num_chains=args.chains, seed=args.seed,
                              posterior_predictive=False)
+        diagnostics = nuts_diagnostics(idata, result.model.free_names)
+        payload["diagnostics"] = diagnostics
         payload["posterior"] = _posterior_summary(idata, result.model)
         flux = posterior_flux(idata, result.model, lo, hi)
         payload["posterior_energy_flux"] = {
@@ -178,10 +186,18 @@ def _fit_spectrum(args) -> int:
         }
         print("\nNUTS posterior:")
         _print_posterior(payload["posterior"])
+        print(f"  diagnostics: max R-hat {diagnostics['r_hat_max']:.3f}, min bulk ESS "
+              f"{diagnostics['ess_bulk_min']:.0f}, min tail ESS {diagnostics['ess_tail_min']:.0f}, "
+              f"{diagnostics['divergences']} divergences")
+        if diagnostics["problems"]:
+            print(f"warning: the NUTS chains did not converge well ({'; '.join(diagnostics['problems'])})"
+                  "; run longer (--warmup, --samples), more --chains, or --freeze degenerate "
+                  "parameters; exit status 1", file=sys.stderr)
     if args.json:
         write_json(args.json, payload)
         print(f"wrote {args.json}")
-    return 0 if result.converged else 1
+    poor_sampling = bool(args.sample and payload["diagnostics"]["problems"])
+    return 0 if result.converged and not poor_sampling else 1
 
 
 def _demo_spectrum(args) -> int:
@@ -276,7 +292,9 @@ def register(sub) -> None:
                     help="ignore BACKFILE (cash/cstat on the source spectrum alone)")
     fs.add_argument("--rmf", default=None, help="RMF overriding RESPFILE")
     fs.add_argument("--arf", default=None, help="ARF overriding ANCRFILE")
-    fs.add_argument("--sample", action="store_true", help="also run NUTS (posterior)")
+    fs.add_argument("--sample", action="store_true",
+                    help="also run NUTS (posterior); exit status 1 when R-hat > 1.01, bulk or "
+                         "tail ESS < 400 or divergences")
     fs.add_argument("--warmup", type=int, default=500)
     fs.add_argument("--samples", type=int, default=1000)
     fs.add_argument("--chains", type=int, default=4)

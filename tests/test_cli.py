@@ -61,14 +61,44 @@ def test_fit_spectrum_missing_file(tmp_path, capsys):
     assert "nope.pha" in capsys.readouterr().err
 
 
-def test_fit_spectrum_sample_adds_posterior(tmp_path):
+def test_fit_spectrum_sample_adds_posterior(tmp_path, capsys):
     out = tmp_path / "s.json"
-    assert main(["fit-spectrum", demo_spectrum_path(), "--sample", "--warmup", "200",
-                 "--samples", "300", "--chains", "2", "--json", str(out)]) == 0
+    code = main(["fit-spectrum", demo_spectrum_path(), "--sample", "--warmup", "200",
+                 "--samples", "300", "--chains", "2", "--json", str(out)])
     payload = json.loads(out.read_text())
     assert set(payload["posterior"]) == {"PhoIndex", "norm"}
     assert payload["posterior"]["PhoIndex"]["r_hat"] < 1.05
     assert payload["posterior_energy_flux"]["unit"] == "erg/cm^2/s"
+    diag = payload["diagnostics"]
+    assert set(diag) == {"r_hat_max", "ess_bulk_min", "ess_tail_min", "divergences", "problems"}
+    # the exit status says whether the chains pass the checks (600 draws may fall short of 400)
+    assert code == (1 if diag["problems"] else 0)
+    assert ("did not converge well" in capsys.readouterr().err) == bool(diag["problems"])
+
+
+def test_poor_nuts_diagnostics_warn_and_set_the_exit_status(tmp_path, capsys):
+    from bkgjax.infer import NutsDiagnosticsWarning, run_nuts
+
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0), use_background=False)
+    model = guess_norms(powerlaw(), data)
+    with pytest.warns(NutsDiagnosticsWarning, match="ESS .* < 400"):
+        idata = run_nuts(model, data, "cstat", num_warmup=10, num_samples=20, num_chains=2,
+                         posterior_predictive=False)
+    assert idata.posterior.attrs["bkgjax_ess_bulk_min"] < 400
+    out = tmp_path / "poor.json"
+    assert main(["fit-spectrum", demo_spectrum_path(), "--no-background", "--sample",
+                 "--warmup", "10", "--samples", "20", "--chains", "2", "--json", str(out)]) == 1
+    assert json.loads(out.read_text())["diagnostics"]["problems"]
+    assert "NUTS chains did not converge well" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("argv, message", [(["--chains", "0"], "--chains must be >= 1"),
+                                           (["--samples", "0"], "--samples must be >= 1"),
+                                           (["--warmup", "-1"], "--warmup must be >= 0"),
+                                           (["--starts", "0"], "--starts must be >= 1")])
+def test_sampler_settings_validated(argv, message, capsys):
+    assert main(["fit-spectrum", demo_spectrum_path(), "--sample", *argv]) == 2
+    assert message in capsys.readouterr().err
 
 
 def test_demo_runs_on_shipped_spectrum(tmp_path):

@@ -17,6 +17,7 @@ R-hat meaningful.
 
 from __future__ import annotations
 
+import warnings
 from functools import lru_cache, partial
 
 import jax
@@ -180,6 +181,43 @@ def _model_for_stat(model, data, counts, stat):
     spectral_model(model, data, stat, counts)
 
 
+class NutsDiagnosticsWarning(UserWarning):
+    """The NUTS chains do not pass the convergence checks of :func:`nuts_diagnostics`."""
+
+
+#: Convergence thresholds (Vehtari et al. 2021): rank-normalised split R-hat, bulk and tail
+#: effective sample sizes of every free parameter, and no divergent transition.
+R_HAT_MAX = 1.01
+ESS_MIN = 400
+
+
+def nuts_diagnostics(idata, var_names) -> dict:
+    """Worst R-hat, smallest bulk/tail ESS over ``var_names``, number of divergences, and the
+    list of ``problems`` (empty when the chains pass the thresholds above)."""
+    import arviz as az
+
+    names = list(var_names)
+    r_hat = az.rhat(idata, var_names=names)
+    ess_bulk = az.ess(idata, var_names=names, method="bulk")
+    ess_tail = az.ess(idata, var_names=names, method="tail")
+    worst_r = max(float(r_hat[n].max()) for n in names)
+    min_bulk = min(float(ess_bulk[n].min()) for n in names)
+    min_tail = min(float(ess_tail[n].min()) for n in names)
+    diverging = idata.sample_stats.get("diverging")
+    n_div = int(diverging.sum()) if diverging is not None else 0
+    problems = []
+    if not worst_r <= R_HAT_MAX:
+        problems.append(f"R-hat {worst_r:.3f} > {R_HAT_MAX}")
+    if not min_bulk >= ESS_MIN:
+        problems.append(f"bulk ESS {min_bulk:.0f} < {ESS_MIN}")
+    if not min_tail >= ESS_MIN:
+        problems.append(f"tail ESS {min_tail:.0f} < {ESS_MIN}")
+    if n_div:
+        problems.append(f"{n_div} divergent transition(s)")
+    return {"r_hat_max": worst_r, "ess_bulk_min": min_bulk, "ess_tail_min": min_tail,
+            "divergences": n_div, "problems": problems}
+
+
 def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_samples=1000,
              num_chains=4, seed=0, posterior_predictive=True, progress_bar=False,
              target_accept=0.8):
@@ -197,6 +235,10 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
     if stat not in ("cash", "cstat", "wstat"):
         raise ValueError(f"run_nuts samples a Poisson likelihood; stat={stat!r} has none "
                          "(use cstat, cash or wstat)")
+    for name, value, low in (("num_warmup", num_warmup, 0), ("num_samples", num_samples, 1),
+                             ("num_chains", num_chains, 1)):
+        if isinstance(value, bool) or int(value) != value or value < low:
+            raise ValueError(f"run_nuts: {name} must be an integer >= {low}, got {value!r}")
     best = _fit(model, data, stat, errors="covariance")
     key = jax.random.PRNGKey(seed)
     key_init, key_run, key_ppc = jax.random.split(key, 3)
@@ -211,7 +253,16 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
             rate = rate + data.background_counts / data.background_ratio
         replicas = jax.random.poisson(key_ppc, rate, shape=rate.shape).astype(jnp.float64)
         ppc = {"counts": np.asarray(replicas)}
-    return az.from_numpyro(mcmc, posterior_predictive=ppc)
+    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
+    diagnostics = nuts_diagnostics(idata, model.free_names)
+    for key, value in diagnostics.items():
+        if key != "problems":
+            idata.posterior.attrs[f"bkgjax_{key}"] = value
+    if diagnostics["problems"]:
+        warnings.warn(f"NUTS did not converge well: {'; '.join(diagnostics['problems'])}; run "
+                      "longer (num_warmup, num_samples), more chains, or reparametrise/freeze "
+                      "degenerate parameters", NutsDiagnosticsWarning, stacklevel=2)
+    return idata
 
 
 def posterior_flux(idata, model, e_min=2.0, e_max=10.0, kind="energy", n_bins=512):
