@@ -81,7 +81,7 @@ def _apply_parameter_flags(model, freezes, sets):
             if flag == "--set" and not sep:
                 raise ValueError(f"--set {text!r}: expected NAME=VALUE")
             try:
-                qualified = model.names[model._index(name)]
+                qualified = model[name].name  # short (display) or qualified name
             except KeyError as err:
                 raise ValueError(f"{flag} {text!r}: {err.args[0]}") from None
             value = value_of(flag, text, raw, qualified) if sep else None
@@ -97,6 +97,7 @@ def _fit_spectrum(args) -> int:
     import numpy as np
 
     from bkgjax.fit import BackgroundIgnoredWarning, fit, guess_norms, load
+    from bkgjax.fit.grouping import parse_grouping
     from bkgjax.io import BkgjaxIOError
     from bkgjax.spectral import parse_model
 
@@ -104,8 +105,6 @@ def _fit_spectrum(args) -> int:
         print("error: --stat wstat needs the background spectrum; drop --no-background",
               file=sys.stderr)
         return 2
-    from bkgjax.fit.grouping import parse_grouping
-
     for flag, value, low in (("--warmup", args.warmup, 0), ("--samples", args.samples, 1),
                              ("--chains", args.chains, 1), ("--starts", args.starts, 1)):
         if value < low:

@@ -30,7 +30,7 @@ import numpy as np
 from ..io import SpectrumFiles, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
 from ..stats import cash, chi2_datavar, chi2_gehrels, chi2_modvar, cstat, wstat
-from .grouping import group_min_counts, group_min_snr, noticed_groups, parse_grouping
+from .grouping import group_edges, group_min_counts, group_min_snr, noticed_groups, parse_grouping
 
 __all__ = ["CHI2_STATISTICS", "SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
            "total_statistic_of_theta"]
@@ -154,15 +154,14 @@ class SpectralData:
             groups = group_index(flags, n_chan)
         used = noticed_groups(groups, good, rmf.e_min, rmf.e_max, erange, ranges)
         good &= used[groups]
-        noticed_groups_ = np.unique(groups[good])
-        if noticed_groups_.size == 0:
+        kept = np.unique(groups[good])
+        if kept.size == 0:
             raise ValueError(f"{name}: no channel left after the energy filter {erange}, the "
                              f"ignored ranges {list(ranges)}, grouping {spec} and QUALITY screening")
-        # channel -> noticed group one-hot (bad-quality channels contribute nothing)
-        position = {g: k for k, g in enumerate(noticed_groups_)}
-        grouping_matrix = np.zeros((n_chan, noticed_groups_.size))
-        for c in np.nonzero(good)[0]:
-            grouping_matrix[c, position[groups[c]]] = 1.0
+        # channel -> kept group one-hot (bad-quality channels contribute nothing)
+        channels = np.nonzero(good)[0]
+        grouping_matrix = np.zeros((n_chan, kept.size))
+        grouping_matrix[channels, np.searchsorted(kept, groups[channels])] = 1.0
         response = rmf.dense()
         if arf is not None:
             response = response * np.asarray(arf.specresp)[:, None]
@@ -173,10 +172,7 @@ class SpectralData:
         rows = np.arange(rows.min(), rows.max() + 1)  # keep a contiguous energy grid
         counts = src.counts @ grouping_matrix
         areascal = _group_mean(src.areascal, grouping_matrix)
-        bin_lo = np.array([rmf.e_min[grouping_matrix[:, k] > 0].min()
-                           for k in range(noticed_groups_.size)])
-        bin_hi = np.array([rmf.e_max[grouping_matrix[:, k] > 0].max()
-                           for k in range(noticed_groups_.size)])
+        bin_lo, bin_hi = (edge[kept] for edge in group_edges(groups, good, rmf.e_min, rmf.e_max))
         bkg_counts = ratio = None
         if use_background and files.background is not None:
             bkg = files.background

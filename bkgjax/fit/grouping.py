@@ -30,7 +30,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-__all__ = ["GroupingSpec", "group_min_counts", "group_min_snr", "noticed_groups",
+__all__ = ["GroupingSpec", "group_edges", "group_min_counts", "group_min_snr", "noticed_groups",
            "parse_grouping"]
 
 
@@ -110,10 +110,10 @@ def group_min_snr(counts, snr: float, good=None):
     return _group_min_total(counts, good, float(snr) ** 2, strict=True)
 
 
-def noticed_groups(group_of_channel, good, e_min, e_max, erange=None, ignore=()):
-    """Which groups are used: a boolean per group index (``group_of_channel`` maps channels to
-    0 .. n_groups-1; groups without a good channel are never used).  See the module docstring
-    for the rule."""
+def group_edges(group_of_channel, good, e_min, e_max):
+    """Energy range of each group (``group_of_channel`` maps channels to 0 .. n_groups-1):
+    the lowest E_MIN and highest E_MAX of its good channels; (inf, -inf) for a group without
+    a good channel."""
     group_of_channel = np.asarray(group_of_channel)
     good = np.asarray(good, bool)
     n_groups = int(group_of_channel.max()) + 1 if group_of_channel.size else 0
@@ -121,6 +121,13 @@ def noticed_groups(group_of_channel, good, e_min, e_max, erange=None, ignore=())
     hi = np.full(n_groups, -np.inf)
     np.minimum.at(lo, group_of_channel[good], np.asarray(e_min, float)[good])
     np.maximum.at(hi, group_of_channel[good], np.asarray(e_max, float)[good])
+    return lo, hi
+
+
+def noticed_groups(group_of_channel, good, e_min, e_max, erange=None, ignore=()):
+    """Which groups are used: a boolean per group index (groups without a good channel are
+    never used).  See the module docstring for the rule."""
+    lo, hi = group_edges(group_of_channel, good, e_min, e_max)
     used = np.isfinite(lo)
     if erange is not None:
         used &= (hi > float(erange[0])) & (lo < float(erange[1]))
