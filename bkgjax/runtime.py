@@ -22,6 +22,7 @@ import hashlib
 import os
 import platform
 import sys
+import warnings
 from collections.abc import Mapping, MutableMapping
 
 __all__ = ["MAX_CACHE_BYTES", "compilation_cache_dir", "configure_jax"]
@@ -76,6 +77,14 @@ def configure_jax(environ: MutableMapping[str, str] = os.environ) -> str | None:
 
     Returns the cache folder in use (None when off or when the user set JAX's own variable)."""
     cache = None if "JAX_COMPILATION_CACHE_DIR" in environ else compilation_cache_dir(environ)
+    if cache is not None:
+        try:
+            os.makedirs(cache, exist_ok=True)
+        except OSError as err:  # read-only home, bad BKGJAX_CACHE_DIR: say it once, run uncached
+            warnings.warn(f"bkgjax: cannot create the compilation cache folder {cache} ({err}); "
+                          "compiled code is not cached (set BKGJAX_CACHE_DIR to a writable "
+                          "folder, or to 'off')", RuntimeWarning, stacklevel=3)
+            cache = None
     settings = {"JAX_ENABLE_X64": ("jax_enable_x64", True)}
     if cache is not None:
         settings.update({

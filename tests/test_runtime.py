@@ -79,3 +79,16 @@ def test_cache_off_writes_nothing(tmp_path):
     out = _child({"BKGJAX_CACHE_DIR": "off", "XDG_CACHE_HOME": str(tmp_path)})
     assert out["dir"] is None and out["x64"]
     assert not (tmp_path / "bkgjax").exists()
+
+
+def test_unwritable_cache_folder_is_said_once_and_turned_off(tmp_path):
+    blocker = tmp_path / "file"
+    blocker.write_text("not a folder")
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "BKGJAX_"))}
+    env.update(BKGJAX_CACHE_DIR=str(blocker / "cache"),
+               PYTHONPATH=os.pathsep.join([str(ROOT), os.environ.get("PYTHONPATH", "")]))
+    out = subprocess.run([sys.executable, "-c", _CHILD], env=env, capture_output=True,
+                         text=True, timeout=300, check=True)
+    result = json.loads(out.stdout.strip().splitlines()[-1])
+    assert result["dir"] is None and result["x64"]
+    assert out.stderr.count("cannot create the compilation cache folder") == 1
