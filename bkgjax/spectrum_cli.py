@@ -93,96 +93,165 @@ def _apply_parameter_flags(model, freezes, sets):
     return model, given
 
 
-def _fit_spectrum(args) -> int:
-    import numpy as np
+def _error(message) -> int:
+    print(f"error: {message}", file=sys.stderr)
+    return 2
 
-    from bkgjax.fit import BackgroundIgnoredWarning, fit, guess_norms, load
-    from bkgjax.fit.grouping import parse_grouping
-    from bkgjax.io import BkgjaxIOError
-    from bkgjax.spectral import parse_model
 
-    if args.stat == "wstat" and args.no_background:
-        print("error: --stat wstat needs the background spectrum; drop --no-background",
-              file=sys.stderr)
-        return 2
+def _check_fit_flags(args):
+    """Eager validation of the flags; returns an error message naming the flag, or None."""
+    if args.stat in ("wstat", "pgstat") and args.no_background:
+        return f"--stat {args.stat} needs the background spectrum; drop --no-background"
     for flag, value, low in (("--warmup", args.warmup, 0), ("--samples", args.samples, 1),
                              ("--chains", args.chains, 1), ("--starts", args.starts, 1)):
         if value < low:
-            print(f"error: {flag} must be >= {low}, got {value}", file=sys.stderr)
-            return 2
-    if args.sample and args.stat.startswith("chi2"):
-        print(f"error: --sample samples a Poisson likelihood; --stat {args.stat} has none "
-              "(use cstat, cash or wstat)", file=sys.stderr)
-        return 2
-
+            return f"{flag} must be >= {low}, got {value}"
+    if args.sample and (args.stat.startswith("chi2") or args.stat == "pgstat"):
+        return (f"--sample samples a Poisson likelihood; --stat {args.stat} has none (use "
+                "cstat, cash or wstat)")
     lo, hi = args.erange
     if not (0 < lo < hi):
-        print(f"error: --erange needs 0 < LO < HI keV, got {lo:g} {hi:g}", file=sys.stderr)
-        return 2
+        return f"--erange needs 0 < LO < HI keV, got {lo:g} {hi:g}"
     for a, b in args.ignore:
         if not (0 <= a < b):
-            print(f"error: --ignore needs 0 <= LO < HI keV, got {a:g} {b:g}", file=sys.stderr)
-            return 2
+            return f"--ignore needs 0 <= LO < HI keV, got {a:g} {b:g}"
+    if args.flux is not None and not (0 < args.flux[0] < args.flux[1]):
+        return f"--flux needs 0 < LO < HI keV, got {args.flux[0]:g} {args.flux[1]:g}"
+    if args.bkg_model is not None:
+        if args.no_background:
+            return "--bkg-model needs the background spectrum; drop --no-background"
+        if args.stat in ("wstat", "pgstat"):
+            return (f"--bkg-model with --stat {args.stat}: {args.stat} profiles the background "
+                    "instead of modelling it; use --stat cstat (or cash, chi2) with --bkg-model")
+    if args.per_dataset and len(args.pha) == 1:
+        return (f"--per-dataset {args.per_dataset[0]!r}: there is one data set only; a "
+                "per-data-set parameter needs two or more PHA files")
+    if args.plot is not None and not args.plot.lower().endswith((".png", ".pdf", ".svg")):
+        return f"--plot {args.plot!r}: give a .png, .pdf or .svg file name"
+    for flag, path in (("--json", args.json), ("--plot", args.plot)):
+        if path is not None:
+            folder = os.path.dirname(os.path.abspath(path))
+            if os.path.isdir(path) or not os.path.isdir(folder) or not os.access(folder, os.W_OK):
+                return f"{flag} {path!r}: cannot write there (a folder, or a missing/read-only parent)"
+    return None
+
+
+def _fit_spectrum(args) -> int:
+    import numpy as np
+
+    from bkgjax.fit import BackgroundIgnoredWarning, JointModel, fit, guess_norms, load
+    from bkgjax.fit.grouping import parse_grouping
+    from bkgjax.io import BkgjaxIOError
+    from bkgjax.spectral import load_component, parse_model
+
+    problem = _check_fit_flags(args)
+    if problem:
+        return _error(problem)
+    lo, hi = args.erange
     try:
         grouping = parse_grouping(args.group)
     except ValueError as err:
-        print(f"error: --group: {err}", file=sys.stderr)
-        return 2
+        return _error(f"--group: {err}")
+    for spec in args.component:
+        try:
+            load_component(spec)
+        except (ValueError, ImportError, AttributeError, TypeError) as err:
+            return _error(f"--component {spec!r}: {err}")
     try:
-        model, given = _apply_parameter_flags(parse_model(args.model), args.freeze, args.set)
-        data = load(args.pha, erange=(lo, hi), ignore=[tuple(r) for r in args.ignore],
-                    grouping=grouping, rmf=args.rmf, arf=args.arf,
-                    use_background=not args.no_background)
-    except (BkgjaxIOError, ValueError, FileNotFoundError) as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 2
-    if args.stat == "wstat" and not data.has_background:
-        print(f"error: {args.pha} has no background (BACKFILE); wstat needs one",
-              file=sys.stderr)
-        return 2
-    model = guess_norms(model, data, keep=given)
-    print(f"{args.pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
-          + (", background loaded" if data.has_background else ""))
-    if data.has_background and args.stat in ("cash", "cstat"):
-        print(f"warning: {args.stat} fits the source counts alone: the loaded background "
-              f"spectrum is ignored; use --stat wstat to profile it, or --no-background",
-              file=sys.stderr)
-    if args.stat.startswith("chi2") and data.has_background:
-        print(f"error: --stat {args.stat} on background-subtracted counts is not implemented; "
-              f"add --no-background, or use --stat wstat", file=sys.stderr)
-        return 2
+        source = parse_model(args.model)
+    except ValueError as err:
+        return _error(f"--model: {err}")
+    background_model = None
+    if args.bkg_model is not None:
+        try:
+            background_model = parse_model(args.bkg_model)
+        except ValueError as err:
+            return _error(f"--bkg-model: {err}")
+    datasets = []
+    for pha in args.pha:
+        try:
+            datasets.append(load(pha, erange=(lo, hi), ignore=[tuple(r) for r in args.ignore],
+                                 grouping=grouping, rmf=args.rmf, arf=args.arf,
+                                 use_background=not args.no_background))
+        except (BkgjaxIOError, ValueError, FileNotFoundError) as err:
+            return _error(str(err))
+    for pha, data in zip(args.pha, datasets):
+        if args.stat in ("wstat", "pgstat") and not data.has_background:
+            return _error(f"{pha} has no background (BACKFILE); --stat {args.stat} needs one")
+        if background_model is not None and not data.has_background:
+            return _error(f"--bkg-model: {pha} has no background spectrum (BACKFILE)")
+        if args.stat.startswith("chi2") and data.has_background and background_model is None:
+            return _error(f"--stat {args.stat} on background-subtracted counts is not "
+                          "implemented; add --no-background, model the background "
+                          "(--bkg-model), or use --stat wstat")
+    joint = len(datasets) > 1 or background_model is not None
+    try:
+        model = (JointModel.create(source, len(datasets), per_dataset=args.per_dataset,
+                                   background=background_model) if joint else source)
+        model, given = _apply_parameter_flags(model, args.freeze, args.set)
+    except (ValueError, KeyError) as err:
+        text = err.args[0] if err.args else str(err)
+        flag = "--per-dataset" if "per_dataset" in str(text) else "error"
+        return _error(str(text).replace("per_dataset", "--per-dataset") if flag else text)
+    fit_data = datasets if joint else datasets[0]
+    model = guess_norms(model, fit_data, keep=given)
+    for pha, data in zip(args.pha, datasets):
+        print(f"{pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
+              + (f", background {int(np.sum(data.background_counts))} counts"
+                 if data.has_background else ""))
+        if data.has_background and args.stat in ("cash", "cstat") and background_model is None:
+            print(f"warning: {pha}: {args.stat} fits the source counts alone: the loaded "
+                  f"background spectrum is ignored; use --stat wstat to profile it, "
+                  f"--bkg-model EXPR to model it, or --no-background", file=sys.stderr)
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BackgroundIgnoredWarning)  # said once, above
-            result = fit(model, data, args.stat, errors="profile", level=0.9,
+            result = fit(model, fit_data, args.stat, errors="profile", level=0.9,
                          n_starts=args.starts)
     except ValueError as err:  # data the statistic cannot use (e.g. chi2datavar, empty bins)
-        print(f"error: --stat {args.stat}: {err}", file=sys.stderr)
-        return 2
+        return _error(f"--stat {args.stat}: {err}")
     print(result)
     payload = result.to_dict()
-    payload["data"] = {"erange_keV": [lo, hi], "ignore_keV": [list(r) for r in args.ignore],
-                       "grouping": str(grouping)}
+    payload["data"] = {"files": list(args.pha), "erange_keV": [lo, hi],
+                       "ignore_keV": [list(r) for r in args.ignore], "grouping": str(grouping),
+                       "n_bins": [d.n_bins for d in datasets],
+                       "background_model": args.bkg_model}
+    if args.flux is not None:
+        from bkgjax.fit import sample_flux
+
+        payload["flux"] = {}
+        for k in range(1, len(datasets) + 1):
+            entry = {}
+            for kind in ("energy", "photon"):
+                entry[kind] = sample_flux(result, args.flux[0], args.flux[1], kind=kind,
+                                          dataset=k, seed=args.seed)
+            payload["flux"][f"dataset{k}" if joint else "model"] = entry
+            band = f"{args.flux[0]:g}-{args.flux[1]:g} keV"
+            e = entry["energy"]
+            print(f"{band} energy flux{f' (data set {k})' if joint else ''}: {e['value']:.4e} "
+                  f"erg/cm^2/s, 90% [{e['lower90']:.4e}, {e['upper90']:.4e}]")
+    idata = None
     if args.sample:
         from bkgjax.infer import NutsDiagnosticsWarning, nuts_diagnostics, posterior_flux, run_nuts
 
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", BackgroundIgnoredWarning)
             warnings.simplefilter("ignore", NutsDiagnosticsWarning)  # reported below
-            idata = run_nuts(result.model, data, args.stat, num_warmup=args.warmup,
+            idata = run_nuts(result.model, fit_data, args.stat, num_warmup=args.warmup,
                              num_samples=args.samples, num_chains=args.chains, seed=args.seed,
                              posterior_predictive=False)
         diagnostics = nuts_diagnostics(idata, result.model.free_names)
         payload["diagnostics"] = diagnostics
         payload["posterior"] = _posterior_summary(idata, result.model)
-        flux = posterior_flux(idata, result.model, lo, hi)
-        payload["posterior_energy_flux"] = {
-            "band_keV": [lo, hi],
-            "median": float(np.median(flux)),
-            "lower90": float(np.percentile(flux, 5)),
-            "upper90": float(np.percentile(flux, 95)),
-            "unit": "erg/cm^2/s",
-        }
+        if not joint:
+            flux = posterior_flux(idata, result.model, lo, hi)
+            payload["posterior_energy_flux"] = {
+                "band_keV": [lo, hi],
+                "median": float(np.median(flux)),
+                "lower90": float(np.percentile(flux, 5)),
+                "upper90": float(np.percentile(flux, 95)),
+                "unit": "erg/cm^2/s",
+            }
         print("\nNUTS posterior:")
         _print_posterior(payload["posterior"])
         print(f"  diagnostics: max R-hat {diagnostics['r_hat_max']:.3f}, min bulk ESS "
@@ -195,6 +264,15 @@ def _fit_spectrum(args) -> int:
     if args.json:
         write_json(args.json, payload)
         print(f"wrote {args.json}")
+    if args.plot:
+        import matplotlib
+
+        matplotlib.use("Agg")
+        from bkgjax.plotting import plot_joint_fit
+
+        fig = plot_joint_fit(result, fit_data if joint else [fit_data])
+        fig.savefig(args.plot, dpi=120)
+        print(f"wrote {args.plot}")
     poor_sampling = bool(args.sample and payload["diagnostics"]["problems"])
     return 0 if result.converged and not poor_sampling else 1
 
@@ -270,10 +348,27 @@ def register(sub) -> None:
     ds.set_defaults(func=_demo_spectrum)
 
     fs = sub.add_parser("fit-spectrum", help="fit an OGIP PHA spectrum")
-    fs.add_argument("pha", help="PHA file (type I); BACKFILE/RESPFILE/ANCRFILE are followed")
+    fs.add_argument("pha", nargs="+",
+                    help="PHA file(s) (type I); BACKFILE/RESPFILE/ANCRFILE are followed; "
+                         "several files are fitted jointly with every parameter shared unless "
+                         "named by --per-dataset")
     fs.add_argument("--model", default="powerlaw",
                     help="model expression, e.g. 'powerlaw' or 'constant*(powerlaw+gaussian)'")
-    fs.add_argument("--stat", choices=("cash", "cstat", "wstat", "chi2", "chi2gehrels",
+    fs.add_argument("--bkg-model", default=None, metavar="EXPR",
+                    help="model of the background spectrum (e.g. 'powerlaw'), fitted jointly "
+                         "and scaled into the source region by the BACKSCAL ratio; its "
+                         "parameters are bkg.NAME")
+    fs.add_argument("--per-dataset", action="append", default=[], metavar="NAME",
+                    help="give each data set its own copy NAME@K of this parameter "
+                         "(repeatable; e.g. --per-dataset norm)")
+    fs.add_argument("--component", action="append", default=[], metavar="MODULE:NAME",
+                    help="import a user model component, e.g. mypkg.models:myline (repeatable)")
+    fs.add_argument("--flux", nargs=2, type=float, metavar=("LO", "HI"), default=None,
+                    help="energy and photon flux of the source model in LO-HI keV with 90%% "
+                         "intervals (parameter draws from the covariance, as Sherpa's sample_flux)")
+    fs.add_argument("--plot", default=None, metavar="OUT.png",
+                    help="figure of data, model and residuals of every data set")
+    fs.add_argument("--stat", choices=("cash", "cstat", "wstat", "pgstat", "chi2", "chi2gehrels",
                                        "chi2datavar", "chi2modvar"), default="cstat",
                     help="fit statistic (chi2 = chi2gehrels, Sherpa's names)")
     fs.add_argument("--erange", nargs=2, type=float, metavar=("LO", "HI"), default=(0.5, 7.0),
@@ -284,7 +379,8 @@ def register(sub) -> None:
                     help="grouping: file (the PHA's GROUPING/QUALITY, default), none, "
                          "min-counts:N or min-snr:S (over all channels, then the energy filter)")
     fs.add_argument("--freeze", action="append", default=[], metavar="NAME[=VALUE]",
-                    help="freeze a parameter (at VALUE), e.g. --freeze PhoIndex=2 (repeatable)")
+                    help="freeze a parameter (at VALUE), e.g. --freeze PhoIndex=2 or "
+                         "--freeze constant@1=1 (repeatable)")
     fs.add_argument("--set", action="append", default=[], metavar="NAME=VALUE",
                     help="start value of a parameter, e.g. --set LineE=6.4 (repeatable)")
     fs.add_argument("--no-background", action="store_true",

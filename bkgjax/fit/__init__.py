@@ -20,6 +20,8 @@ from .dataset import (
     statistic_per_bin,
     total_statistic_of_theta,
 )
+from .fluxes import sample_flux
+from .joint import JointModel, JointStructure, joint_predicted, joint_statistic
 from .optimize import (
     CONVERGED_STATUSES,
     BoundFlag,
@@ -40,6 +42,10 @@ __all__ = [
     "FitStatus",
     "FitOptions",
     "FitResult",
+    "JointModel",
+    "JointStructure",
+    "joint_predicted",
+    "joint_statistic",
     "NelderMeadResult",
     "STATISTICS",
     "SpectralData",
@@ -53,6 +59,7 @@ __all__ = [
     "load",
     "predicted_counts",
     "profile_bounds",
+    "sample_flux",
     "shard_batch",
     "statistic_per_bin",
     "to_bounded",

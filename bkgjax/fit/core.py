@@ -40,6 +40,15 @@ from .dataset import (
     total_statistic_of_theta,
 )
 from .export_cache import exported_call
+from .joint import (
+    BKG_PREFIX,
+    as_joint,
+    check_joint,
+    joint_derivatives,
+    joint_predicted,
+    joint_statistic,
+    n_bins_of,
+)
 from .optimize import (
     CONVERGED_STATUSES,
     STATUS_MESSAGES,
@@ -157,11 +166,17 @@ def _total_predicted(theta, data, *, structure):
     return jnp.sum(predicted_counts(structure, theta, data))
 
 
-def guess_norms(model: Model, data: SpectralData, *, keep=()) -> Model:
+def guess_norms(model, data, *, keep=()):
     """Rescale every free ``norm`` so that the model predicts the observed total counts
     (background-subtracted when a background is loaded).  A cheap start for fits of real
     data whose default norms are off by orders of magnitude.  Parameters named in ``keep``
-    (qualified names, e.g. values the user set) are left as they are."""
+    (qualified names, e.g. values the user set) are left as they are.
+
+    For a :class:`~bkgjax.fit.JointModel` over several data sets a shared norm is scaled by
+    the ratio of the totals over all data sets, a data set's own copy (``norm@k``) by that
+    data set's ratio, and background-model norms to the background spectra's counts."""
+    if not (isinstance(model, Model) and isinstance(data, SpectralData)):
+        return _guess_joint_norms(model, data, keep)
     norms = [p.name for p in model.parameters
              if p.is_free and p.short_name == "norm" and p.name not in keep]
     if not norms:
@@ -181,19 +196,83 @@ def guess_norms(model: Model, data: SpectralData, *, keep=()) -> Model:
     return updated
 
 
+@partial(jax.jit, static_argnames=("structure",))
+def _joint_totals(theta, datasets, *, structure):
+    """Per data set: total counts of the source model and of the background model in the
+    background spectrum (0 without one)."""
+    out = []
+    for entry in joint_predicted(structure, theta, datasets):
+        source = entry.get("source_model", entry["source"])
+        out.append((jnp.sum(source), jnp.sum(entry.get("background", jnp.zeros(1)))))
+    return out
+
+
+def _guess_joint_norms(original, data, keep):
+    model, datasets = as_joint(original, data)
+    theta = jnp.asarray(list(model.resolve({}).values()))
+    totals = [(float(a), float(b)) for a, b in _joint_totals(theta, datasets,
+                                                              structure=model.structure)]
+    net, bkg = [], []
+    for d in datasets:
+        counts = float(jnp.sum(d.counts))
+        background = (float(jnp.sum(d.background_counts / d.background_ratio))
+                      if d.has_background else 0.0)
+        net.append(counts - background)
+        bkg.append(float(jnp.sum(d.background_counts)) if d.has_background else 0.0)
+    updated = model
+    for p in model.parameters:
+        base, _, k = p.name.partition("@")
+        if not p.is_free or p.name in keep or base.rsplit(".", 1)[-1] != "norm":
+            continue
+        role = 1 if base.startswith(BKG_PREFIX) else 0
+        if role and model.background is None:
+            continue
+        chosen = range(len(datasets)) if not k else [int(k) - 1]
+        observed = sum((bkg if role else net)[i] for i in chosen)
+        predicted = sum(totals[i][role] for i in chosen)
+        if predicted > 0 and observed > 0:
+            updated = updated.set(p.name, float(np.clip(p.value * observed / predicted, p.min,
+                                                        p.max)))
+    if isinstance(original, Model):  # a Model shared by all data sets stays a Model
+        return original.with_values({p.name: updated[p.name].value
+                                     for p in original.parameters if p.is_free})
+    return updated
+
+
 def _fit_kernel(theta_all, lower, upper, start_key, data, *, structure, free_idx, stat,
                 options):
     """Pure fit of one dataset; returns a dict of arrays (vmappable)."""
     idx = jnp.asarray(free_idx, dtype=jnp.int32)
     stat_free = _statistic_of_theta(structure, stat, free_idx, theta_all, data)
     lo, hi = lower[idx], upper[idx]
+    derivatives = folded_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
+    return _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options)
+
+
+def _joint_kernel(theta_all, lower, upper, start_key, datasets, *, structure, free_idx, stat,
+                  options):
+    """Pure fit of a joint model (:mod:`bkgjax.fit.joint`) over a tuple of data sets."""
+    idx = jnp.asarray(free_idx, dtype=jnp.int32)
+    lo, hi = lower[idx], upper[idx]
+
+    def stat_free(theta_free):
+        return joint_statistic(structure, stat, theta_all.at[idx].set(theta_free), datasets)
+
+    derivatives = joint_derivatives(structure, stat, free_idx, theta_all, datasets, lo, hi)
+    out = _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options)
+    out["theta"] = structure.apply_links(out["theta"])
+    return out
+
+
+def _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options):
+    """Minimise ``stat_free`` over the free parameters (multistart, LM or L-BFGS), then the
+    covariance and, if asked, the profile bounds.  Returns a dict of arrays."""
 
     def objective(u):
         return stat_free(to_bounded(u, lo, hi))
 
     u0 = to_unbounded(theta_all[idx], lo, hi)
-    n_free = len(free_idx)
-    derivatives = folded_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
+    n_free = idx.shape[0]
     use_lm = options.method == "lm" or (options.method == "auto" and n_free <= 30)
     minimize = (partial(levenberg_marquardt, derivatives=derivatives, max_iter=options.max_iter)
                 if use_lm else partial(lbfgs, derivatives=derivatives,
@@ -254,13 +333,33 @@ def _fit_many(theta_all, lower, upper, start_keys, data, counts, background_coun
     return jax.vmap(one)(start_keys, counts, background_counts)
 
 
+@partial(jax.jit, static_argnames=_STATIC)
+def _fit_joint_one(theta_all, lower, upper, start_key, datasets, *, structure, free_idx, stat,
+                   options):
+    return _joint_kernel(theta_all, lower, upper, start_key, datasets, structure=structure,
+                         free_idx=free_idx, stat=stat, options=options)
+
+
+@partial(jax.jit, static_argnames=_STATIC)
+def _fit_joint_many(theta_all, lower, upper, start_keys, datasets, counts, background_counts, *,
+                    structure, free_idx, stat, options):
+    """Batched joint fits: ``counts`` and ``background_counts`` are tuples (one per data set)
+    of arrays with a leading simulation axis (``None`` entries keep the data's own)."""
+    def one(key, c, b):
+        ds = tuple(d.with_counts(ci, bi) for d, ci, bi in zip(datasets, c, b))
+        return _joint_kernel(theta_all, lower, upper, key, ds, structure=structure,
+                             free_idx=free_idx, stat=stat, options=options)
+
+    return jax.vmap(one)(start_keys, counts, background_counts)
+
+
 def _prepare(model: Model, data: SpectralData, stat: str):
     if stat not in STATISTICS:
         raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")
     if model.kind != "add":
         raise ValueError(f"model {model} is multiplicative only; add an additive component")
-    if stat == "wstat" and not data.has_background:
-        raise ValueError(f"{data.name}: stat='wstat' needs a background spectrum; load one or "
+    if stat in ("wstat", "pgstat") and not data.has_background:
+        raise ValueError(f"{data.name}: stat={stat!r} needs a background spectrum; load one or "
                          "use cstat/cash")
     if stat in CHI2_STATISTICS and data.has_background:
         raise ValueError(f"{data.name}: {stat} of background-subtracted counts is not "
@@ -443,19 +542,37 @@ def warn_if_background_ignored(data: SpectralData, stat: str, *, stacklevel: int
             BackgroundIgnoredWarning, stacklevel=stacklevel)
 
 
-def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = "profile",
-        level: float = 0.9, method: str = "auto", n_starts: int = 1, seed: int = 0,
+def _fit_options(errors, level, method, n_starts, max_iter) -> FitOptions:
+    """Validated static settings (a clear error for each bad value, never a silent default)."""
+    if errors not in ("profile", "covariance"):
+        raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
+    if method not in ("auto", "lm", "lbfgs"):
+        raise ValueError(f"method must be 'auto', 'lm' or 'lbfgs', got {method!r}")
+    for name, value in (("n_starts", n_starts), ("max_iter", max_iter)):
+        if isinstance(value, bool) or int(value) != value or value < 1:
+            raise ValueError(f"{name} must be an integer >= 1, got {value!r}")
+    if not 0.0 < float(level) < 1.0:
+        raise ValueError(f"level must be in (0, 1), got {level!r}")
+    return FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
+                      level=float(level), n_starts=int(n_starts))
+
+
+def fit(model, data, stat: str = "cstat", *, errors: str = "profile", level: float = 0.9,
+        method: str = "auto", n_starts: int = 1, seed: int = 0,
         max_iter: int = 200) -> FitResult:
-    """Maximum-likelihood fit of ``model`` to one spectrum.
+    """Maximum-likelihood fit of ``model`` to one spectrum or jointly to several.
 
     Parameters
     ----------
-    model : Model
-        Additive model; its current values are the start.
-    data : SpectralData
+    model : Model or JointModel
+        Additive model; its current values are the start.  A :class:`~bkgjax.fit.JointModel`
+        adds per-data-set parameters and a background model; a plain Model over several
+        data sets shares every parameter.
+    data : SpectralData or sequence of SpectralData
         From :func:`bkgjax.fit.load` or :meth:`SpectralData.from_arrays`.
-    stat : {"cstat", "cash", "wstat"}
-        Fit statistic (:mod:`bkgjax.stats`); wstat uses the background spectrum.
+    stat : {"cstat", "cash", "wstat", "pgstat", "chi2", "chi2gehrels", "chi2datavar", "chi2modvar"}
+        Fit statistic (:mod:`bkgjax.stats`), summed over all spectra; wstat (Poisson) and
+        pgstat (Gaussian, the background's STAT_ERR) profile the background spectrum.
     errors : {"profile", "covariance"}
         ``"profile"`` adds profile-likelihood bounds at ``level`` to the covariance errors.
     level : float
@@ -466,22 +583,51 @@ def fit(model: Model, data: SpectralData, stat: str = "cstat", *, errors: str = 
         Multistart: extra starts drawn around the given one in unconstrained space
         (``seed``); the best minimum is kept.
     """
-    if errors not in ("profile", "covariance"):
-        raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
+    options = _fit_options(errors, level, method, n_starts, max_iter)
+    if not (isinstance(model, Model) and isinstance(data, SpectralData)):
+        return _fit_joint(model, data, stat, options, seed)
     free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
     warn_if_background_ignored(data, stat)
-    options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
-                         level=float(level), n_starts=int(n_starts))
     # through the on-disk export cache: a new process skips tracing (export_cache docstring)
     out = exported_call(_fit_one, "bkgjax.fit.core._fit_one",
                         {"structure": model.structure, "free_idx": free_idx, "stat": stat,
                          "options": options},
                         theta_all, lower, upper, jax.random.PRNGKey(seed), data)
     out = jax.tree_util.tree_map(np.asarray, out)
-    return _make_result(model, data, stat, free_names, free_idx, out, options)
+    return _make_result(model, data.n_bins, stat, free_names, out, options)
 
 
-def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitResult:
+def _prepare_joint(model, data, stat):
+    model, datasets = as_joint(model, data)
+    check_joint(model, datasets, stat)
+    free_names = model.free_names
+    if not free_names:
+        raise ValueError(f"model {model} has no free parameter")
+    names = model.names
+    free_idx = tuple(names.index(n) for n in free_names)
+    theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
+    lower = np.asarray([p.min for p in model.parameters], dtype=np.float64)
+    upper = np.asarray([p.max for p in model.parameters], dtype=np.float64)
+    theta_all = start_inside_limits(theta_all, lower, upper, free_idx)
+    return (model, datasets, free_names, free_idx, jnp.asarray(theta_all), jnp.asarray(lower),
+            jnp.asarray(upper))
+
+
+def _fit_joint(model, data, stat, options, seed) -> FitResult:
+    model, datasets, free_names, free_idx, theta_all, lower, upper = _prepare_joint(
+        model, data, stat)
+    if model.background is None:
+        for d in datasets:
+            warn_if_background_ignored(d, stat, stacklevel=4)
+    out = exported_call(_fit_joint_one, "bkgjax.fit.core._fit_joint_one",
+                        {"structure": model.structure, "free_idx": free_idx, "stat": stat,
+                         "options": options},
+                        theta_all, lower, upper, jax.random.PRNGKey(seed), datasets)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    return _make_result(model, n_bins_of(model, datasets), stat, free_names, out, options)
+
+
+def _make_result(model, n_bins, stat, free_names, out, options) -> FitResult:
     theta = out["theta"]
     values = dict(zip(model.names, (float(v) for v in theta)))
     cov = np.asarray(out["covariance"])
@@ -499,8 +645,8 @@ def _make_result(model, data, stat, free_names, free_idx, out, options) -> FitRe
         model=best_model,
         stat=stat,
         stat_value=float(out["stat_value"]),
-        dof=data.n_bins - len(free_names),
-        n_bins=data.n_bins,
+        dof=n_bins - len(free_names),
+        n_bins=n_bins,
         converged=status in CONVERGED_STATUSES,
         reason=STATUS_MESSAGES[status],
         n_iter=int(out["n_iter"]),
@@ -581,11 +727,8 @@ def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
         if background_counts.shape != counts.shape:
             raise ValueError(f"background_counts shape {background_counts.shape} differs from "
                              f"counts {counts.shape}")
-    if errors not in ("profile", "covariance"):
-        raise ValueError(f"errors must be 'profile' or 'covariance', got {errors!r}")
+    options = _fit_options(errors, level, method, n_starts, max_iter)
     free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
-    options = FitOptions(method=method, max_iter=int(max_iter), profile=errors == "profile",
-                         level=float(level), n_starts=int(n_starts))
     keys = jax.random.split(jax.random.PRNGKey(seed), counts.shape[0])
     if shard:
         keys, counts, background_counts = shard_batch(keys, counts, background_counts)

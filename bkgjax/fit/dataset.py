@@ -29,13 +29,22 @@ import numpy as np
 
 from ..io import SpectrumFiles, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
-from ..stats import cash, chi2_datavar, chi2_gehrels, chi2_modvar, cstat, wstat
-from .grouping import group_edges, group_min_counts, group_min_snr, noticed_groups, parse_grouping
+from ..stats import cash, chi2_datavar, chi2_gehrels, chi2_modvar, cstat, pgstat, wstat
+from .grouping import (
+    fwhm_in_channels,
+    group_edges,
+    group_min_counts,
+    group_min_snr,
+    group_optimal,
+    noticed_groups,
+    parse_grouping,
+)
 
 __all__ = ["CHI2_STATISTICS", "SpectralData", "STATISTICS", "statistic_per_bin", "predicted_counts",
            "total_statistic_of_theta"]
 
-STATISTICS = ("cash", "cstat", "wstat", "chi2", "chi2gehrels", "chi2datavar", "chi2modvar")
+STATISTICS = ("cash", "cstat", "wstat", "pgstat", "chi2", "chi2gehrels", "chi2datavar",
+              "chi2modvar")
 #: The chi-square statistics (Sherpa names; "chi2" is "chi2gehrels", Sherpa's default).
 CHI2_STATISTICS = ("chi2", "chi2gehrels", "chi2datavar", "chi2modvar")
 
@@ -60,6 +69,9 @@ class SpectralData:
     bin_hi: jax.Array
     background_counts: jax.Array | None = None
     background_ratio: jax.Array | None = None
+    background_exposure: jax.Array | None = None
+    background_areascal: jax.Array | None = None
+    background_error: jax.Array | None = None
     name: str = "spectrum"
 
     @property
@@ -74,11 +86,16 @@ class SpectralData:
     @classmethod
     def from_arrays(cls, counts, exposure, matrix, e_lo, e_hi, *, areascal=1.0,
                     background_counts=None, background_ratio=None, bin_lo=None, bin_hi=None,
+                    background_exposure=None, background_areascal=1.0, background_error=None,
                     name="spectrum"):
         """Build from arrays, validating shapes and values eagerly (clear errors, no NaN later).
 
         ``matrix`` is (n_energy, n_bins) in cm^2 (ARF x RMF), ``e_lo``/``e_hi`` the
-        n_energy bin edges in keV.
+        n_energy bin edges in keV.  ``background_ratio`` is
+        :math:`r = T_b\\,\\mathrm{BACKSCAL}_b A_b / (T_s\\,\\mathrm{BACKSCAL}_s A_s)` per bin;
+        a background *model* (:mod:`bkgjax.fit.joint`) also needs the background's
+        ``background_exposure`` (s) and ``background_areascal``; pgstat the background's
+        Gaussian ``background_error`` (counts per bin, default :math:`\\sqrt{B}`).
         """
         counts = np.asarray(counts, dtype=np.float64)
         _check_counts(counts, f"{name}: counts")
@@ -112,6 +129,21 @@ class SpectralData:
             ).copy()
             if not np.all(np.isfinite(background_ratio)) or np.any(background_ratio <= 0):
                 raise ValueError(f"{name}: background exposure ratio must be finite and > 0")
+            if background_exposure is not None:
+                background_exposure = float(background_exposure)
+                if not np.isfinite(background_exposure) or background_exposure <= 0:
+                    raise ValueError(f"{name}: background exposure must be finite and > 0 s, "
+                                     f"got {background_exposure}")
+                background_areascal = np.broadcast_to(
+                    np.asarray(background_areascal, dtype=np.float64), counts.shape[-1:]).copy()
+                if not np.all(np.isfinite(background_areascal)) or np.any(background_areascal <= 0):
+                    raise ValueError(f"{name}: background AREASCAL must be finite and > 0")
+            background_error = np.sqrt(background_counts) if background_error is None else \
+                np.broadcast_to(np.asarray(background_error, np.float64), counts.shape[-1:]).copy()
+            if not np.all(np.isfinite(background_error)) or np.any(background_error < 0):
+                raise ValueError(f"{name}: background errors must be finite and >= 0")
+        else:
+            background_exposure = background_error = None
         if bin_lo is None:
             bin_lo = np.arange(counts.shape[-1], dtype=np.float64)
             bin_hi = bin_lo + 1.0
@@ -126,6 +158,11 @@ class SpectralData:
             bin_hi=jnp.asarray(bin_hi, dtype=jnp.float64),
             background_counts=None if background_counts is None else jnp.asarray(background_counts),
             background_ratio=None if background_ratio is None else jnp.asarray(background_ratio),
+            background_exposure=None if background_exposure is None
+            else jnp.asarray(background_exposure),
+            background_areascal=None if background_exposure is None
+            else jnp.asarray(background_areascal),
+            background_error=None if background_error is None else jnp.asarray(background_error),
             name=name,
         )
 
@@ -147,6 +184,10 @@ class SpectralData:
             groups = group_index(src.grouping, n_chan)
         elif spec.kind == "none":
             groups = np.arange(n_chan)
+        elif spec.kind == "optimal":
+            flags, quality = group_optimal(src.counts, fwhm_in_channels(rmf.dense()), good)
+            good &= quality == 0
+            groups = group_index(flags, n_chan)
         else:
             make = group_min_counts if spec.kind == "min-counts" else group_min_snr
             flags, quality = make(src.counts, spec.value, good)
@@ -173,12 +214,16 @@ class SpectralData:
         counts = src.counts @ grouping_matrix
         areascal = _group_mean(src.areascal, grouping_matrix)
         bin_lo, bin_hi = (edge[kept] for edge in group_edges(groups, good, rmf.e_min, rmf.e_max))
-        bkg_counts = ratio = None
+        bkg_counts = ratio = bkg_exposure = bkg_error = None
+        bkg_areascal = 1.0
         if use_background and files.background is not None:
             bkg = files.background
             bkg_counts = bkg.counts @ grouping_matrix
-            t_b = bkg.exposure * _group_mean(bkg.backscal, grouping_matrix) * _group_mean(
-                bkg.areascal, grouping_matrix)
+            bkg_exposure = bkg.exposure
+            bkg_areascal = _group_mean(bkg.areascal, grouping_matrix)
+            if bkg.stat_err is not None:  # Gaussian errors add in quadrature over a group
+                bkg_error = np.sqrt(np.asarray(bkg.stat_err) ** 2 @ grouping_matrix)
+            t_b = bkg.exposure * _group_mean(bkg.backscal, grouping_matrix) * bkg_areascal
             t_s = src.exposure * _group_mean(src.backscal, grouping_matrix) * areascal
             ratio = t_b / t_s
         # Model evaluation grid: the ARF's when there is one (as Sherpa does).  ARF and RMF grids
@@ -188,7 +233,8 @@ class SpectralData:
         return cls.from_arrays(
             counts, src.exposure, grouped[rows], grid.energ_lo[rows], grid.energ_hi[rows],
             areascal=areascal, background_counts=bkg_counts, background_ratio=ratio,
-            bin_lo=bin_lo, bin_hi=bin_hi, name=name,
+            background_exposure=bkg_exposure, background_areascal=bkg_areascal,
+            background_error=bkg_error, bin_lo=bin_lo, bin_hi=bin_hi, name=name,
         )
 
     def with_counts(self, counts, background_counts=None) -> "SpectralData":
@@ -225,7 +271,8 @@ class _Label:
 
 
 _DATA_FIELDS = ("counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo", "bin_hi",
-                "background_counts", "background_ratio")
+                "background_counts", "background_ratio", "background_exposure",
+                "background_areascal", "background_error")
 
 
 def _flatten_with_keys(data):
@@ -314,6 +361,11 @@ def statistic_per_bin(stat: str, model_counts, data: SpectralData):
         if data.background_counts is None:
             raise ValueError(f"{data.name}: wstat needs a background spectrum (BACKFILE)")
         return wstat(model_counts, data.counts, data.background_counts, data.background_ratio)
+    if stat == "pgstat":
+        if data.background_counts is None:
+            raise ValueError(f"{data.name}: pgstat needs a background spectrum (BACKFILE)")
+        return pgstat(model_counts, data.counts, data.background_counts, data.background_error,
+                      data.background_ratio)
     if stat in ("chi2", "chi2gehrels"):
         return chi2_gehrels(model_counts, data.counts)
     if stat == "chi2datavar":

@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import warnings
 from functools import lru_cache, partial
+from typing import NamedTuple
 
 import jax
 import jax.numpy as jnp
@@ -30,11 +31,12 @@ from numpyro.infer import MCMC, NUTS
 
 from ..fit.core import fit as _fit
 from ..fit.dataset import SpectralData, predicted_counts
+from ..fit.joint import JointModel, as_joint, joint_predicted
 from ..spectral.flux import energy_flux, photon_flux
 from ..stats import poisson_loglike, wstat
 
-__all__ = ["PoissonStatistic", "spectral_model", "run_nuts", "posterior_flux",
-           "batched_spectral_model"]
+__all__ = ["PoissonStatistic", "spectral_model", "joint_spectral_model", "run_nuts",
+           "posterior_flux", "batched_spectral_model"]
 
 
 class PoissonStatistic(dist.Distribution):
@@ -106,6 +108,43 @@ def spectral_model(model, data: SpectralData, stat="cstat", counts=None):
     )
 
 
+class SiteSpec(NamedTuple):
+    """What a parameter's sample site needs (hashable; no value): see :func:`_site_prior`."""
+
+    name: str
+    is_free: bool
+    min: float
+    max: float
+    prior: object
+
+
+def joint_spectral_model(theta_start, datasets, observed=None, *, structure, parameters, stat):
+    """NumPyro model of a joint fit (:mod:`bkgjax.fit.joint`): the free global parameters
+    (``parameters``: a :class:`SiteSpec` per global parameter, in order) -> every data set's
+    folded counts.  Observed sites, one per spectrum so that arviz keeps a pointwise
+    log-likelihood per data set (``az.loo(idata, var_name="counts_2")``): ``counts_k`` (source
+    spectrum of data set k, 1-based) and, with a background model, ``background_k``;
+    deterministic ``model_counts_k`` (and ``background_model_k``).  ``observed`` is a tuple
+    (one entry per data set) of ``(counts, background counts or None)``; ``None`` samples."""
+    theta = theta_start
+    for i, param in enumerate(parameters):
+        if param.is_free:
+            theta = theta.at[i].set(numpyro.sample(param.name, _site_prior(param)))
+    for k, (data, entry) in enumerate(zip(datasets, joint_predicted(structure, theta, datasets)),
+                                      start=1):
+        obs = (None, None) if observed is None else observed[k - 1]
+        numpyro.deterministic(f"model_counts_{k}", entry["source"])
+        if structure.background is None:
+            numpyro.sample(f"counts_{k}", PoissonStatistic(entry["source"], stat,
+                                                           data.background_counts,
+                                                           data.background_ratio), obs=obs[0])
+        else:
+            numpyro.sample(f"counts_{k}", PoissonStatistic(entry["source"], stat), obs=obs[0])
+            numpyro.deterministic(f"background_model_{k}", entry["background"])
+            numpyro.sample(f"background_{k}", PoissonStatistic(entry["background"], stat),
+                           obs=obs[1])
+
+
 def batched_spectral_model(model, data: SpectralData, counts, background_counts=None,
                            stat="cstat"):
     """Independent posteriors of many spectra (same response) in one NumPyro model.
@@ -172,13 +211,26 @@ def _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept, pr
 def _cached_sampler(structure, parameters, stat, num_warmup, num_samples, num_chains,
                     target_accept, progress_bar):
     """One MCMC object per key (``structure`` and ``parameters`` are part of the key only)."""
-    kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept)
+    kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept,
+                  dense_mass=True)
     return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
 
 
 def _model_for_stat(model, data, counts, stat):
     spectral_model(model, data, stat, counts)
+
+
+@lru_cache(maxsize=SAMPLER_CACHE_SIZE)
+def _cached_joint_sampler(structure, parameters, stat, num_warmup, num_samples, num_chains,
+                          target_accept, progress_bar):
+    """As :func:`_cached_sampler` for :func:`joint_spectral_model` (``parameters``: the
+    :class:`SiteSpec` tuple: limits, free flags and priors select the compiled sampler)."""
+    kernel = NUTS(partial(joint_spectral_model, structure=structure, parameters=parameters,
+                          stat=stat), target_accept_prob=target_accept,
+                  dense_mass=True)
+    return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
+                chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
 
 
 class NutsDiagnosticsWarning(UserWarning):
@@ -223,6 +275,11 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
              target_accept=0.8):
     """Sample the posterior with NUTS; return an :class:`arviz.InferenceData`.
 
+    ``model`` a Model and ``data`` one SpectralData, or a JointModel (or a Model shared by
+    all) over a sequence of data sets: then the sites are per data set
+    (:func:`joint_spectral_model`: ``counts_k``, ``background_k``, ``model_counts_k``), so
+    the log-likelihood group holds one pointwise array per spectrum (LOO per data set).
+
     Groups: ``posterior`` (free parameters and ``model_counts``), ``sample_stats``,
     ``log_likelihood`` (pointwise ``counts``), ``observed_data`` and, if requested,
     ``posterior_predictive`` (Poisson replicas of each draw's model counts, plus for wstat
@@ -239,6 +296,9 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
                              ("num_chains", num_chains, 1)):
         if isinstance(value, bool) or int(value) != value or value < low:
             raise ValueError(f"run_nuts: {name} must be an integer >= {low}, got {value!r}")
+    if isinstance(model, JointModel) or not isinstance(data, SpectralData):
+        return _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed,
+                               posterior_predictive, progress_bar, target_accept)
     best = _fit(model, data, stat, errors="covariance")
     key = jax.random.PRNGKey(seed)
     key_init, key_run, key_ppc = jax.random.split(key, 3)
@@ -254,15 +314,56 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
         replicas = jax.random.poisson(key_ppc, rate, shape=rate.shape).astype(jnp.float64)
         ppc = {"counts": np.asarray(replicas)}
     idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
-    diagnostics = nuts_diagnostics(idata, model.free_names)
+    _check_diagnostics(idata, model.free_names)
+    return idata
+
+
+def _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed,
+                    posterior_predictive, progress_bar, target_accept):
+    import arviz as az
+
+    model, datasets = as_joint(model, data)
+    best = _fit(model, datasets, stat, errors="covariance")
+    key_init, key_run, key_ppc = jax.random.split(jax.random.PRNGKey(seed), 3)
+    init = _initial_chains(best.model, best, key_init, num_chains)
+    structure = model.structure
+    sites = tuple(SiteSpec(p.name, p.is_free, p.min, p.max, p.prior)
+                  for p in best.model.parameters)  # values excluded: they do not recompile
+    mcmc = _cached_joint_sampler(structure, sites, stat, num_warmup, num_samples,
+                                 num_chains, target_accept, progress_bar)
+    theta_start = jnp.asarray(list(best.model.resolve({}).values()), dtype=jnp.float64)
+    observed = tuple((d.counts, d.background_counts if model.background is not None else None)
+                     for d in datasets)
+    mcmc.run(key_run, theta_start, datasets, observed, init_params=init)
+    ppc = None
+    if posterior_predictive:
+        samples = mcmc.get_samples(group_by_chain=True)
+        ppc = {}
+        keys = jax.random.split(key_ppc, 2 * len(datasets))
+        for k, d in enumerate(datasets, start=1):
+            rate = samples[f"model_counts_{k}"]
+            if stat == "wstat":
+                rate = rate + d.background_counts / d.background_ratio
+            ppc[f"counts_{k}"] = np.asarray(jax.random.poisson(keys[2 * k - 2], rate,
+                                                               shape=rate.shape), dtype=float)
+            if model.background is not None:
+                rate = samples[f"background_model_{k}"]
+                ppc[f"background_{k}"] = np.asarray(jax.random.poisson(
+                    keys[2 * k - 1], rate, shape=rate.shape), dtype=float)
+    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
+    _check_diagnostics(idata, model.free_names)
+    return idata
+
+
+def _check_diagnostics(idata, free_names):
+    diagnostics = nuts_diagnostics(idata, free_names)
     for key, value in diagnostics.items():
         if key != "problems":
             idata.posterior.attrs[f"bkgjax_{key}"] = value
     if diagnostics["problems"]:
         warnings.warn(f"NUTS did not converge well: {'; '.join(diagnostics['problems'])}; run "
                       "longer (num_warmup, num_samples), more chains, or reparametrise/freeze "
-                      "degenerate parameters", NutsDiagnosticsWarning, stacklevel=2)
-    return idata
+                      "degenerate parameters", NutsDiagnosticsWarning, stacklevel=3)
 
 
 def posterior_flux(idata, model, e_min=2.0, e_max=10.0, kind="energy", n_bins=512):

@@ -145,6 +145,7 @@ class PHA:
     hdu_index: int | None = None
     row: int | None = None
     poisserr: bool = True
+    stat_err: np.ndarray | None = None
     file_keywords: Mapping[str, str | None] = field(default_factory=dict, repr=False)
 
     def __post_init__(self) -> None:
@@ -405,6 +406,15 @@ def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
                     f"{float(counts[i])!r}) while POISSERR is true"
                 )
 
+        # ---- STAT_ERR (Gaussian errors, in counts; pgstat's background) ------
+        stat_err = None
+        se = chan_col("STAT_ERR")
+        if se is not _MISSING:
+            se = np.broadcast_to(np.asarray(se, dtype=np.float64), (n,)).copy()
+            if not np.all(np.isfinite(se)) or np.any(se < 0):
+                raise BkgjaxIOError(f"{where}: column STAT_ERR holds NaN/inf or negative values")
+            stat_err = se * exposure if is_rate else se
+
         # ---- BACKSCAL / AREASCAL ---------------------------------------------
         scales = {}
         for name in ("BACKSCAL", "AREASCAL"):
@@ -473,6 +483,7 @@ def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
             hdu_index=idx,
             row=r,
             poisserr=poisserr,
+            stat_err=stat_err,
             file_keywords=raw_files,
         )
 

@@ -2,9 +2,26 @@
 evaluation of XSPEC ``save model`` files (:mod:`bkgjax.spectral.xspec_terms`).
 
 Folding through a response is a matrix product done where the counts are predicted
-(:func:`bkgjax.fit.predicted_counts`)."""
+(:func:`bkgjax.fit.predicted_counts`).
 
-from .components import COMPONENTS, CXB_GRUBER_NORM_SR, SR_TO_DEG2, powerlaw_integral
+User components (additive, multiplicative, convolution) are added with
+:func:`register_component`, the :func:`user_component` decorator or
+:func:`load_component` (``"package.module:attribute"``; ``$BKGJAX_COMPONENTS`` for the
+command line), and are then used by name in model expressions like the built-ins."""
+
+from .components import (
+    COMPONENTS,
+    COMPONENTS_ENV,
+    CXB_GRUBER_NORM_SR,
+    SR_TO_DEG2,
+    ComponentSpec,
+    ParameterSpec,
+    load_component,
+    powerlaw_integral,
+    register_component,
+    unregister_component,
+    user_component,
+)
 from .flux import (
     KEV_TO_ERG,
     energy_flux,
@@ -35,10 +52,12 @@ from .model import (
 from .xspec_terms import XspecStructure, XspecTermModel
 
 __all__ = [
-    "COMPONENTS", "CXB_GRUBER_NORM_SR", "KEV_TO_ERG", "Model", "ModelStructure", "Parameter", "SR_TO_DEG2",
+    "COMPONENTS", "COMPONENTS_ENV", "CXB_GRUBER_NORM_SR", "ComponentSpec", "KEV_TO_ERG", "Model",
+    "ModelStructure", "Parameter", "ParameterSpec", "SR_TO_DEG2",
     "XspecStructure", "XspecTermModel",
     "bknpower", "check_energy_grid", "component", "constant", "cutoffpl", "cxb_gruber",
     "energy_flux", "expdec", "expression_kind", "flux_from_covariance", "flux_samples",
-    "fsline", "gabs", "gaussian", "list_components", "parse_expression", "parse_model",
-    "photon_flux", "powerlaw", "powerlaw_integral",
+    "fsline", "gabs", "gaussian", "list_components", "load_component", "parse_expression",
+    "parse_model", "photon_flux", "powerlaw", "powerlaw_integral", "register_component",
+    "unregister_component", "user_component",
 ]

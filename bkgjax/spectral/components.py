@@ -12,11 +12,33 @@ factor ~2 in energy.
 Every function is safe under ``jax.grad`` at the special points (PhoIndex = 1, Sigma = 0,
 factor = 0): the singular branch is selected with a *double where* so that neither branch
 produces NaN in the backward pass.
+
+User components (Sherpa's ``load_user_model``/``add_model``, XSPEC's local models) join the
+same registry, :data:`COMPONENTS`, and are then used by name in model expressions, from Python
+and from the command line, like the built-ins:
+
+* :func:`register_component` (name, function, kind ``"add"``/``"mul"``/``"con"``, parameters as
+  :class:`ParameterSpec`) checks the definition eagerly, including a trial evaluation;
+* :func:`user_component` is the same as a decorator, run when the module defining it is
+  imported; :func:`load_component` imports ``"package.module:attribute"`` and registers what it
+  finds; ``$BKGJAX_COMPONENTS`` (:data:`COMPONENTS_ENV`) lists such targets for the CLI;
+* :func:`unregister_component` removes one (a replaced built-in comes back).
+
+A convolution component (kind ``"con"``) acts on the per-bin flux of the parenthesised
+expression after it, ``myconv(phabs*powerlaw)``.
 """
 
 from __future__ import annotations
 
+import importlib
+import importlib.util
+import inspect
+import itertools
+import keyword
 import math
+import os
+import re
+import sys
 from dataclasses import dataclass
 from typing import Callable
 
@@ -28,10 +50,20 @@ from jax.scipy.special import erfc
 __all__ = [
     "ComponentSpec",
     "COMPONENTS",
+    "COMPONENTS_ENV",
+    "ParameterSpec",
+    "load_component",
+    "load_environment_components",
+    "register_component",
+    "unregister_component",
+    "user_component",
     "powerlaw_integral",
     "CXB_GRUBER_NORM_SR",
     "SR_TO_DEG2",
 ]
+
+#: Component and parameter names: what the expression tokenizer reads as one name.
+_NAME_RE = re.compile(r"[A-Za-z_][A-Za-z0-9_]*")
 
 SR_TO_DEG2 = (math.pi / 180.0) ** 2  # 1 deg^2 in sr: multiply a per-sr intensity by this
 #: Gruber et al. (1999) CXB normalisation, keV/keV/cm^2/s/sr at 1 keV (nustar_cxb_stray_light eq. 1)
@@ -277,34 +309,74 @@ def _gabs(e_lo, e_hi, LineE, Sigma, Strength):
     return jnp.exp(-tau)
 
 
+_INF = float("inf")
+
+
 @dataclass(frozen=True)
-class ParamDefault:
-    """XSPEC-style default of one parameter: value, hard limits, unit, frozen."""
+class ParameterSpec:
+    """XSPEC-style definition of one parameter of a component: name, default value, unit, hard
+    limits, frozen by default.
+
+    ``ParameterSpec("LineE", 6.4, "keV", 0.0, 100.0)``; the value must lie within
+    ``[min, max]`` and ``min < max``.  The name is what follows the component label in the
+    qualified parameter name (``"myline.LineE"``)."""
 
     name: str
     value: float
-    unit: str
-    min: float
-    max: float
+    unit: str = ""
+    min: float = -_INF
+    max: float = _INF
     frozen: bool = False
+
+    def __post_init__(self):
+        if not isinstance(self.name, str) or not _NAME_RE.fullmatch(self.name):
+            raise ValueError(f"parameter name {self.name!r} is not a valid name (letters, "
+                             "digits and '_', not starting with a digit)")
+        for attr in ("value", "min", "max"):
+            raw = getattr(self, attr)
+            try:
+                number = float(raw)
+            except (TypeError, ValueError):
+                raise ValueError(f"parameter {self.name}: {attr} {raw!r} is not a number") from None
+            if math.isnan(number):
+                raise ValueError(f"parameter {self.name}: {attr} is NaN")
+            object.__setattr__(self, attr, number)
+        if not isinstance(self.unit, str):
+            raise ValueError(f"parameter {self.name}: unit {self.unit!r} is not a string")
+        object.__setattr__(self, "frozen", bool(self.frozen))
+        if not self.min < self.max:
+            raise ValueError(f"parameter {self.name}: min={self.min:g} must be < "
+                             f"max={self.max:g}")
+        if not self.min <= self.value <= self.max:
+            raise ValueError(f"parameter {self.name}: default value {self.value:g} outside "
+                             f"its limits [{self.min:g}, {self.max:g}]")
+
+
+#: The historical name of :class:`ParameterSpec` (the built-in definitions use it).
+ParamDefault = ParameterSpec
 
 
 @dataclass(frozen=True)
 class ComponentSpec:
-    """Definition of a model component (no state): name, kind, parameters, function."""
+    """Definition of a model component (no state): name, kind, parameters, function.
+
+    ``kind`` is ``"add"`` (``function(e_lo, e_hi, *params)`` -> photons/cm^2/s per bin),
+    ``"mul"`` (same call -> dimensionless factor per bin) or ``"con"`` (convolution:
+    ``function(e_lo, e_hi, flux, *params)`` -> new per-bin flux).  ``version`` is 0 for the
+    built-ins and a process-wide serial number for each registration
+    (:func:`register_component`); :attr:`bkgjax.spectral.Model.structure` carries it so that
+    a re-registered name never reuses a compiled fit of the previous function."""
 
     name: str
-    kind: str  # "add" or "mul"
+    kind: str  # "add", "mul" or "con"
     params: tuple
     function: Callable
     description: str
+    version: int = 0
 
     @property
     def param_names(self):
         return tuple(p.name for p in self.params)
-
-
-_INF = float("inf")
 
 COMPONENTS = {
     spec.name: spec
@@ -406,3 +478,394 @@ COMPONENTS = {
         ),
     ]
 }
+
+
+# ----------------------------------------------------------------------------------------------
+# User components: Sherpa's load_user_model/add_model, XSPEC's local models.
+#
+# A registered component is a ComponentSpec in COMPONENTS like the built-ins, so that model
+# expressions (bkgjax.spectral.parse_model, the CLI's --model), Model composition, fits,
+# fluxes and samplers use it unchanged.  Its function is traced inside jax.jit/grad/vmap like
+# the built-ins: write it with jax.numpy and no Python branching on parameter values.
+
+#: The built-in definitions as shipped (unregister_component restores a replaced one).
+_BUILTINS = dict(COMPONENTS)
+_KINDS = {"add": "additive", "mul": "multiplicative", "con": "convolution"}
+#: One serial number per registration in this process (ComponentSpec.version).
+_SERIAL = itertools.count(1)
+#: Components listed here (comma-separated ``module:attribute``) are loaded with
+#: :func:`load_component` the first time a component is looked up by name (model expressions,
+#: :func:`bkgjax.spectral.component`): the way to use them from the command line.
+COMPONENTS_ENV = "BKGJAX_COMPONENTS"
+_TRIAL_EDGES = np.geomspace(0.5, 10.0, 9)  # the trial grid of register_component: 8 bins
+
+
+def _registered_name(name):
+    """The registry key equal to ``name`` ignoring case (expressions are case-insensitive)."""
+    if name in COMPONENTS:
+        return name
+    lowered = name.lower()
+    return next((key for key in COMPONENTS if key.lower() == lowered), None)
+
+
+def _parameter_specs(name, parameters) -> tuple:
+    if isinstance(parameters, (str, bytes, dict)) or not hasattr(parameters, "__iter__"):
+        raise ValueError(f"component {name!r}: parameters must be a sequence of ParameterSpec "
+                         f"(or tuples), got {type(parameters).__name__}")
+    specs = []
+    for i, entry in enumerate(parameters, start=1):
+        try:
+            if isinstance(entry, ParameterSpec):
+                spec = entry
+            elif isinstance(entry, dict):
+                spec = ParameterSpec(**entry)
+            elif isinstance(entry, (tuple, list)):
+                spec = ParameterSpec(*entry)
+            else:
+                raise ValueError(f"expected a ParameterSpec, a tuple (name, value[, unit, min, "
+                                 f"max, frozen]) or a dict, got {type(entry).__name__}")
+        except (TypeError, ValueError) as err:
+            raise ValueError(f"component {name!r}, parameter {i}: {err}") from None
+        specs.append(spec)
+    names = [p.name for p in specs]
+    duplicated = sorted({n for n in names if names.count(n) > 1})
+    if duplicated:
+        raise ValueError(f"component {name!r}: duplicate parameter name(s) {duplicated}")
+    return tuple(specs)
+
+
+def _leading_arguments(kind) -> tuple:
+    return ("e_lo", "e_hi", "flux") if kind == "con" else ("e_lo", "e_hi")
+
+
+def _check_signature(name, function, kind, params):
+    arguments = _leading_arguments(kind) + tuple(p.name for p in params)
+    try:
+        signature = inspect.signature(function)
+    except (TypeError, ValueError):  # no signature to read (e.g. a C function): the trial
+        return  # evaluation below checks the call
+    try:
+        signature.bind(*arguments)
+    except TypeError as err:
+        raise ValueError(
+            f"component {name!r}: its function{signature} cannot be called as "
+            f"f({', '.join(arguments)}): a {_KINDS[kind]} component takes "
+            f"{len(arguments)} positional arguments ({err})") from None
+
+
+def _trial_evaluation(name, function, kind, params):
+    """Call ``function`` on 8 bins of 0.5-10 keV at the default values (eagerly, then traced
+    as under jax.jit and jax.vmap); ValueError naming the component if anything is wrong."""
+    e_lo, e_hi = jnp.asarray(_TRIAL_EDGES[:-1]), jnp.asarray(_TRIAL_EDGES[1:])
+    shape = e_lo.shape
+    leading = (e_lo, e_hi)
+    if kind == "con":  # a positive per-bin flux to act on: powerlaw, PhoIndex 2, norm 1
+        leading += (powerlaw_integral(e_lo, e_hi, 2.0),)
+    args = [jnp.asarray(p.value, dtype=e_lo.dtype) for p in params]
+    where = (f"component {name!r}: trial evaluation on {shape[0]} bins from 0.5 to 10 keV at "
+             f"the default parameter values")
+    try:
+        out = function(*leading, *args)
+    except Exception as err:  # noqa: BLE001 - whatever the user's function raises
+        raise ValueError(f"{where} raised {type(err).__name__}: {err}") from err
+    try:
+        values = np.asarray(out)
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(f"{where} returned {type(out).__name__}, not an array ({err})") from err
+    if not (np.issubdtype(values.dtype, np.floating) or np.issubdtype(values.dtype, np.integer)):
+        raise ValueError(f"{where} returned an array of {values.dtype}, not real numbers")
+    if values.shape != shape:
+        raise ValueError(f"{where} returned an array of shape {values.shape}; expected {shape}, "
+                         "one value per bin")
+    bad = ~np.isfinite(values)
+    if bad.any():
+        raise ValueError(f"{where} returned non-finite values (NaN or inf) in {int(bad.sum())} "
+                         f"of {shape[0]} bins: {values}")
+
+    def call(*p):
+        return function(*leading, *p)
+
+    try:  # abstract traces only (nothing is compiled): the fits call it under jit/grad/vmap
+        jax.eval_shape(call, *args)
+        if args:
+            jax.eval_shape(jax.vmap(call), *(jnp.stack([a, a]) for a in args))
+    except Exception as err:  # noqa: BLE001
+        raise ValueError(
+            f"component {name!r}: its function cannot be traced by JAX with traced parameter "
+            f"values (fits call it inside jax.jit, jax.grad and jax.vmap: use jax.numpy, and "
+            f"jnp.where instead of Python branches on parameters): "
+            f"{type(err).__name__}: {err}") from err
+
+
+def register_component(name: str, function: Callable, kind: str, parameters,
+                       description: str = "", *, replace: bool = False) -> ComponentSpec:
+    r"""Add a model component usable in expressions like the built-ins (Sherpa's
+    ``load_user_model``/``add_model``, XSPEC's local models).
+
+    Parameters
+    ----------
+    name : str
+        The name in model expressions (``"myline + powerlaw"``; matched case-insensitively)
+        and the default label of its parameters (``"myline.LineE"``): ASCII letters, digits
+        and ``_``, not starting with a digit.  It may not clash (ignoring case) with a
+        registered component, built-in or not, unless ``replace=True``.
+    function : callable
+        A pure JAX function of the bin edges in keV (arrays of equal shape) and the parameter
+        values (scalars, traced inside fits), in the order of ``parameters``:
+
+        * ``kind="add"``: ``function(e_lo, e_hi, *params)`` -> photons/cm^2/s *per bin* (the
+          integral of the photon spectrum over each bin), shape ``e_lo.shape``;
+        * ``kind="mul"``: same call -> the dimensionless factor per bin;
+        * ``kind="con"`` (convolution): ``function(e_lo, e_hi, flux, *params)`` -> the new
+          per-bin flux, where ``flux`` is the per-bin value of the expression it acts on
+          (``myconv(phabs*powerlaw)``).
+    kind : {"add", "mul", "con"}
+    parameters : sequence
+        :class:`ParameterSpec` entries, or tuples ``(name, value[, unit, min, max, frozen])``
+        or dicts of those fields, in XSPEC order (the order of ``function``'s arguments).
+    description : str
+        One line for :func:`bkgjax.spectral.list_components` (default: the first line of
+        ``function``'s docstring).
+    replace : bool
+        Replace a component of the same name (a built-in too; :func:`unregister_component`
+        restores it).
+
+    Returns
+    -------
+    ComponentSpec
+        The registered definition.
+
+    Raises
+    ------
+    ValueError
+        Naming the component: invalid or clashing name, unknown kind, invalid, duplicated or
+        out-of-limits parameters, a function that cannot take ``2 (+1 for "con") + len(
+        parameters)`` positional arguments, or whose trial evaluation on 8 bins of 0.5-10 keV
+        at the default values raises, returns anything but a finite array of one value per
+        bin, or cannot be traced by ``jax.jit``/``jax.vmap``.
+
+    Examples
+    --------
+    ::
+
+        def box(e_lo, e_hi, E_low, E_high, norm):
+            '''Flat spectrum between E_low and E_high (photons/keV/cm^2/s).'''
+            overlap = jnp.clip(jnp.minimum(e_hi, E_high) - jnp.maximum(e_lo, E_low), 0.0)
+            return norm * overlap
+
+        register_component("box", box, "add",
+                           [ParameterSpec("E_low", 1.0, "keV", 0.0, 100.0),
+                            ParameterSpec("E_high", 2.0, "keV", 0.0, 100.0),
+                            ("norm", 1.0, "photons/keV/cm^2/s", 0.0, 1e24)])
+        model = parse_model("constant*(box + powerlaw)")
+    """
+    if not isinstance(name, str) or not _NAME_RE.fullmatch(name) or keyword.iskeyword(name):
+        raise ValueError(f"component name {name!r} is not a valid name (ASCII letters, digits "
+                         "and '_', not starting with a digit)")
+    existing = _registered_name(name)
+    if existing is not None:
+        what = "built-in component" if existing in _BUILTINS else "registered component"
+        if not replace:
+            raise ValueError(f"component {name!r} clashes with the {what} {existing!r} (names "
+                             "are case-insensitive); pass replace=True to replace it")
+        if existing != name:
+            raise ValueError(f"component {name!r} differs only in case from the {what} "
+                             f"{existing!r}: spell it {existing!r} to replace it")
+    if kind not in _KINDS:
+        raise ValueError(f"component {name!r}: kind {kind!r} is not one of 'add' (additive), "
+                         "'mul' (multiplicative) or 'con' (convolution)")
+    if not callable(function):
+        raise ValueError(f"component {name!r}: function {function!r} is not callable")
+    if description is None:
+        description = ""
+    if not isinstance(description, str):
+        raise ValueError(f"component {name!r}: description must be a string")
+    params = _parameter_specs(name, parameters)
+    _check_signature(name, function, kind, params)
+    _trial_evaluation(name, function, kind, params)
+    if not description:
+        doc = inspect.getdoc(function) or ""
+        description = doc.strip().splitlines()[0] if doc.strip() else f"user {_KINDS[kind]} component"
+    # A new serial number for every registration: Model.structure (the jit-static key of the
+    # fits) carries it, so a re-registered name is a new key and never a stale compiled fit.
+    spec = ComponentSpec(name, kind, params, function, description, version=next(_SERIAL))
+    COMPONENTS[name] = spec
+    return spec
+
+
+def unregister_component(name: str) -> None:
+    """Remove a component added by :func:`register_component` (name matched ignoring case).
+
+    A built-in that was replaced gets its original definition back; a built-in itself cannot
+    be removed.  Models already built with the component can no longer be evaluated.
+    """
+    key = _registered_name(name) if isinstance(name, str) else None
+    if key is None:
+        raise ValueError(f"no component {name!r} is registered")
+    if key in _BUILTINS:
+        if COMPONENTS[key] is _BUILTINS[key]:
+            raise ValueError(f"{key!r} is a built-in component and cannot be unregistered")
+        COMPONENTS[key] = _BUILTINS[key]
+        return
+    del COMPONENTS[key]
+
+
+def _origin(function):
+    code = getattr(function, "__code__", None)
+    where = getattr(code, "co_filename", None) or getattr(function, "__module__", None)
+    return where, getattr(function, "__qualname__", None)
+
+
+def _same_origin(a, b) -> bool:
+    """Same source file (or module) and qualified name: the same definition, e.g. a module
+    imported again, or by file path and by module name."""
+    origin = _origin(a)
+    return None not in origin and origin == _origin(b)
+
+
+def user_component(function: Callable | None = None, *, kind: str, parameters,
+                   name: str | None = None, description: str = "", replace: bool = False):
+    """Decorator registering a function as a component when its module is imported.
+
+    ::
+
+        # mymodels.py
+        import jax.numpy as jnp
+        from bkgjax.spectral import ParameterSpec, user_component
+
+        @user_component(kind="mul", parameters=[ParameterSpec("Edge", 7.1, "keV", 0.1, 100),
+                                                ParameterSpec("Depth", 1.0, "", 0.0, 10)])
+        def myedge(e_lo, e_hi, Edge, Depth):
+            '''Sharp edge: exp(-Depth (E/Edge)^-3) above Edge.'''
+            e = 0.5 * (e_lo + e_hi)
+            return jnp.where(e < Edge, 1.0, jnp.exp(-Depth * (e / Edge) ** -3))
+
+    then ``load_component("mymodels:myedge")`` (or ``import mymodels``) and
+    ``parse_model("myedge*powerlaw")``.  Arguments are those of :func:`register_component`
+    (``name`` defaults to the function's name); the function is returned unchanged, with its
+    :class:`ComponentSpec` as ``__bkgjax_component__``.  Importing the same definition again
+    (``importlib.reload``, or the file by path and by module name) replaces the component
+    instead of failing on the name.
+    """
+
+    def decorate(fn):
+        comp_name = getattr(fn, "__name__", None) if name is None else name
+        existing = _registered_name(comp_name) if isinstance(comp_name, str) else None
+        again = existing is not None and _same_origin(COMPONENTS[existing].function, fn)
+        spec = register_component(comp_name, fn, kind, parameters, description,
+                                  replace=replace or again)
+        try:
+            fn.__bkgjax_component__ = spec
+        except (AttributeError, TypeError):  # an object that takes no attributes
+            pass
+        return fn
+
+    return decorate if function is None else decorate(function)
+
+
+def _import_file(path: str):
+    """Import a Python file as a module (once per path and process)."""
+    path = os.path.abspath(os.path.expanduser(path))
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f"no file {path}")
+    stem = re.sub(r"\W", "_", os.path.splitext(os.path.basename(path))[0])
+    module_name = f"_bkgjax_user_{stem}_{abs(hash(path)):x}"
+    if module_name in sys.modules:
+        return sys.modules[module_name]
+    spec = importlib.util.spec_from_file_location(module_name, path)
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[module_name] = module
+    try:
+        spec.loader.exec_module(module)
+    except BaseException:
+        del sys.modules[module_name]
+        raise
+    return module
+
+
+def load_component(target: str, *, replace: bool = False) -> str:
+    """Import ``"package.module:attribute"`` (or ``"path/to/file.py:attribute"``) and register
+    the component it defines; returns its registered name.
+
+    The attribute is a :class:`ComponentSpec` (registered with :func:`register_component`) or
+    a function decorated with :func:`user_component` (registered when its module was
+    imported; registered again if it was unregistered since).  Loading the same definition
+    twice is a no-op.  ``attribute`` may be dotted (``module:Class.method``).
+
+    Raises
+    ------
+    ValueError
+        Naming ``target``: malformed target, a module that cannot be imported, a missing
+        attribute or one that is no component, or a registration error
+        (:func:`register_component`).
+    """
+    prefix = f"load_component({target!r})"
+    module_part, _, attribute = target.rpartition(":") if isinstance(target, str) else ("", "", "")
+    if not module_part or not attribute:
+        raise ValueError(f"{prefix}: expected 'module:attribute' (e.g. 'mypackage.models:myline') "
+                         "or 'path/to/file.py:attribute'")
+    try:
+        if module_part.endswith(".py"):
+            module = _import_file(module_part)
+        else:
+            module = importlib.import_module(module_part)
+    except Exception as err:  # noqa: BLE001 - import errors, and registration errors at import
+        raise ValueError(f"{prefix}: importing {module_part!r} failed: "
+                         f"{type(err).__name__}: {err}") from err
+    obj = module
+    for part in attribute.split("."):
+        try:
+            obj = getattr(obj, part)
+        except AttributeError:
+            raise ValueError(f"{prefix}: module {module_part!r} has no attribute "
+                             f"{attribute!r}") from None
+    try:
+        if isinstance(obj, ComponentSpec):
+            current = COMPONENTS.get(obj.name)
+            if current is not None and current.function is obj.function \
+                    and current.kind == obj.kind \
+                    and current.params == _parameter_specs(obj.name, obj.params):
+                return current.name
+            return register_component(obj.name, obj.function, obj.kind, obj.params,
+                                      obj.description, replace=replace).name
+        spec = getattr(obj, "__bkgjax_component__", None)
+        if isinstance(spec, ComponentSpec) and callable(obj):
+            current = COMPONENTS.get(spec.name)
+            if current is not None and current.function is obj:
+                return current.name
+            return register_component(spec.name, obj, spec.kind, spec.params, spec.description,
+                                      replace=replace).name
+    except ValueError as err:
+        raise ValueError(f"{prefix}: {err}") from err
+    raise ValueError(f"{prefix}: {attribute!r} is a {type(obj).__name__}, neither a "
+                     "ComponentSpec nor a function decorated with "
+                     "@bkgjax.spectral.user_component")
+
+
+_ENVIRONMENT_LOADED = ""  # the value of $BKGJAX_COMPONENTS last loaded
+_ENVIRONMENT_LOADING = False
+
+
+def load_environment_components() -> tuple:
+    """Load the components named in ``$BKGJAX_COMPONENTS`` (comma-separated
+    ``module:attribute``, see :func:`load_component`), once per value of the variable;
+    returns the names loaded now.  Called wherever a component is looked up by name, so that
+    ``BKGJAX_COMPONENTS=mymodels:myline bkgjax fit-spectrum --model "myline + powerlaw"``
+    works."""
+    global _ENVIRONMENT_LOADED, _ENVIRONMENT_LOADING
+    value = os.environ.get(COMPONENTS_ENV, "").strip()
+    if value == _ENVIRONMENT_LOADED or _ENVIRONMENT_LOADING:
+        return ()  # done, or a module being loaded builds models at import: no recursion
+    names = []
+    _ENVIRONMENT_LOADING = True
+    try:
+        for target in value.split(","):
+            if target.strip():
+                try:
+                    names.append(load_component(target.strip()))
+                except ValueError as err:
+                    raise ValueError(f"${COMPONENTS_ENV}: {err}") from err
+    finally:
+        _ENVIRONMENT_LOADING = False
+    _ENVIRONMENT_LOADED = value
+    return tuple(names)

@@ -2,8 +2,9 @@ r"""Spectral model expressions: components, sums and products, with XSPEC parame
 
 A :class:`Model` holds
 
-* ``expr``: a static, hashable expression tree (component names and labels, ``+`` and ``*``),
-  safe to use as a ``jax.jit`` static argument, so changing parameter values never recompiles;
+* ``expr``: a static, hashable expression tree (component names and labels, ``+``, ``*`` and
+  convolutions), safe to use as a ``jax.jit`` static argument, so changing parameter values
+  never recompiles;
 * ``parameters``: a tuple of :class:`Parameter` (value, unit, bounds, frozen, prior, link), each
   named ``"<label>.<XSPEC name>"`` (e.g. ``"powerlaw.PhoIndex"``, ``"gaussian_2.LineE"``).
 
@@ -12,6 +13,10 @@ Evaluation is a pure function of a parameter mapping and bin edges::
     model = powerlaw() + gaussian(LineE=6.4, Sigma=0.0)
     flux = model.evaluate(model.values(), e_lo, e_hi)   # photons/cm^2/s per bin
 
+Components are those of :data:`bkgjax.spectral.components.COMPONENTS`: the built-ins and the
+user's (:func:`~bkgjax.spectral.components.register_component`).  A convolution component
+(kind ``"con"``) is applied to an expression: ``component("myconv")(powerlaw())`` or
+``parse_model("myconv(powerlaw)")``.
 """
 
 from __future__ import annotations
@@ -26,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from .components import COMPONENTS
+from .components import COMPONENTS, load_environment_components
 
 __all__ = ["Parameter", "Model", "ModelStructure", "component", "list_components", "parse_model",
            "parse_expression", "expression_kind", "check_energy_grid"]
@@ -106,25 +111,59 @@ def _parameter_unflatten(aux, children):
 jax.tree_util.register_pytree_node(Parameter, _parameter_flatten, _parameter_unflatten)
 
 
-# Expression nodes (hashable tuples): ("comp", spec_name, label) | ("+", a, b) | ("*", a, b)
+# Expression nodes (hashable tuples):
+#   ("comp", spec_name, label) | ("+", a, b) | ("*", a, b) | ("conv", ("comp", spec_name, label), a)
+# A convolution node holds its component as an ordinary "comp" node, so that code walking the
+# tree for "comp" nodes finds the convolution component too (its labels, and the fingerprint of
+# component code in bkgjax.fit.export_cache, which must see every function a fit traces).
+# The node's children are (component, argument): labels and parameters in that order, which is
+# XSPEC's left-to-right numbering (``myconv(powerlaw)``: myconv is component 1).
+
+
+def _spec(name):
+    try:
+        return COMPONENTS[name]
+    except KeyError:
+        raise ValueError(f"model component {name!r} is not registered (unregistered after the "
+                         "model was built?)") from None
 
 
 def _labels(expr):
     if expr[0] == "comp":
         return [expr[2]]
+    # "+", "*", and "conv" (component node, then its argument)
     return _labels(expr[1]) + _labels(expr[2])
 
 
 def _relabel(expr, mapping):
     if expr[0] == "comp":
         return ("comp", expr[1], mapping.get(expr[2], expr[2]))
+    # "+", "*", and "conv" (its component node is relabelled like any other)
     return (expr[0], _relabel(expr[1], mapping), _relabel(expr[2], mapping))
 
 
+def _bare_convolution(name):
+    return ValueError(f"convolution component {name!r} must be followed by a parenthesised "
+                      f"expression to act on, e.g. {name}(powerlaw)")
+
+
 def _kind(expr):
+    """"add", "mul", or "con" (a bare convolution component, waiting for its argument);
+    ValueError for an expression breaking XSPEC's rules."""
     if expr[0] == "comp":
-        return COMPONENTS[expr[1]].kind
+        return _spec(expr[1]).kind
+    if expr[0] == "conv":
+        comp, argument = expr[1], expr[2]
+        if comp[0] != "comp" or _spec(comp[1]).kind != "con":
+            raise ValueError(f"{_to_string(comp)!r} is not a convolution component")
+        kind = _kind(argument)
+        if kind == "con":
+            raise _bare_convolution(argument[1])
+        return kind  # the convolution of an additive (multiplicative) expression is one too
     left, right = _kind(expr[1]), _kind(expr[2])
+    for node, kind in ((expr[1], left), (expr[2], right)):
+        if kind == "con":  # only a bare "comp" node has kind "con"
+            raise _bare_convolution(node[1])
     if expr[0] == "+":
         if left != right:
             raise ValueError("cannot add an additive and a multiplicative component")
@@ -137,6 +176,8 @@ def _kind(expr):
 def _to_string(expr):
     if expr[0] == "comp":
         return expr[2]
+    if expr[0] == "conv":
+        return f"{_to_string(expr[1])}({_to_string(expr[2])})"
     left, right = _to_string(expr[1]), _to_string(expr[2])
     if expr[0] == "*" and expr[2][0] == "+":
         right = f"({right})"
@@ -145,9 +186,28 @@ def _to_string(expr):
     return f"{left} {expr[0]} {right}"
 
 
+def _versions(expr) -> tuple:
+    """``((name, registration serial), ...)`` of the user-registered components in ``expr``
+    (sorted; built-ins, serial 0, are left out so that their structures are unchanged)."""
+    found = set()
+
+    def walk(node):
+        if node[0] == "comp":
+            version = _spec(node[1]).version
+            if version:
+                found.add((node[1], version))
+        else:
+            walk(node[1])
+            walk(node[2])
+
+    walk(expr)
+    return tuple(sorted(found))
+
+
 @dataclass(frozen=True)
 class Model:
-    """An additive or multiplicative spectral model expression with its parameters."""
+    """An additive or multiplicative spectral model expression with its parameters (or a bare
+    convolution component, kind ``"con"``, to be applied to one: :meth:`apply`)."""
 
     expr: tuple
     parameters: tuple
@@ -163,9 +223,8 @@ class Model:
                 raise ValueError(f"parameter {p.name} links to unknown parameter {p.link}")
 
     # -- composition -------------------------------------------------------------------------
-    def _combine(self, other, op):
-        if not isinstance(other, Model):
-            return NotImplemented
+    def _absorb(self, other):
+        """``other``'s expression and parameters relabelled apart from this model's labels."""
         taken = set(_labels(self.expr))
         mapping = {}
         for label in _labels(other.expr):
@@ -187,7 +246,28 @@ class Model:
             )
             for p in other.parameters
         )
-        return Model((op, self.expr, _relabel(other.expr, mapping)), self.parameters + new_params)
+        return _relabel(other.expr, mapping), new_params
+
+    def _combine(self, other, op):
+        if not isinstance(other, Model):
+            return NotImplemented
+        expr, new_params = self._absorb(other)
+        return Model((op, self.expr, expr), self.parameters + new_params)
+
+    def apply(self, argument: "Model") -> "Model":
+        """This convolution component acting on ``argument`` (XSPEC's ``myconv(argument)``).
+
+        ``self`` is a bare convolution component (``component("myconv")``, kind ``"con"``);
+        the result has the kind of ``argument``, the component's parameters first, then the
+        argument's (relabelled like :meth:`__add__` where labels clash).  ``model(argument)``
+        is the same."""
+        if not isinstance(argument, Model):
+            raise TypeError(f"a convolution acts on a Model, got {type(argument).__name__}")
+        if self.expr[0] != "comp" or self.kind != "con":
+            raise ValueError(f"{self} is not a convolution component: only a bare component "
+                             "of kind 'con' can be applied to an expression")
+        expr, new_params = self._absorb(argument)
+        return Model(("conv", self.expr, expr), self.parameters + new_params)
 
     def __add__(self, other):
         return self._combine(other, "+")
@@ -198,7 +278,8 @@ class Model:
     # -- introspection -----------------------------------------------------------------------
     @property
     def kind(self) -> str:
-        """"add" (photons/cm^2/s per bin) or "mul" (dimensionless factor per bin)."""
+        """"add" (photons/cm^2/s per bin), "mul" (dimensionless factor per bin), or "con"
+        (a bare convolution component, to be applied to an expression)."""
         return self._kind
 
     @property
@@ -283,8 +364,10 @@ class Model:
 
     @property
     def structure(self) -> "ModelStructure":
-        """The static part (expression, names, links): hashable, value-free, jit-static."""
-        return ModelStructure(self.expr, self.names, tuple(p.link for p in self.parameters))
+        """The static part (expression, names, links, and the registrations of the user
+        components it names): hashable, value-free, jit-static."""
+        return ModelStructure(self.expr, self.names, tuple(p.link for p in self.parameters),
+                              _versions(self.expr))
 
     def evaluate(self, values: Mapping[str, Any], e_lo, e_hi):
         """Evaluate per bin (pure; traceable by jit/vmap/grad).
@@ -304,7 +387,85 @@ class Model:
         full = self.resolve(values)
         return _evaluate_expr(self.expr, full, e_lo, e_hi)
 
-    def __call__(self, e_lo, e_hi, values=None):
+    def subexpression(self, text: str) -> "Model":
+        """The model made of some of this model's components, named by their labels and
+        joined by ``+``, ``*`` and parentheses (``"powerlaw"``, ``"gaussian + gaussian_2"``),
+        with their current parameters: e.g. the unabsorbed part of ``phabs*powerlaw``.
+        Links to parameters left out are dropped (the caller supplies resolved values)."""
+        nodes = {}
+
+        def collect(node):
+            if node[0] == "comp":
+                nodes[node[2]] = node
+            else:
+                for child in node[1:]:
+                    if isinstance(child, tuple):
+                        collect(child)
+
+        collect(self.expr)
+        tokens = _tokenize(str(text))
+        pos = 0
+        used = []
+
+        def error(msg):
+            raise ValueError(f"sub-expression {text!r} of {self}: {msg}; components: "
+                             f"{sorted(nodes)}")
+
+        def peek():
+            return tokens[pos] if pos < len(tokens) else None
+
+        def parse_expr():
+            nonlocal pos
+            node = parse_term()
+            while peek() == "+":
+                pos += 1
+                node = ("+", node, parse_term())
+            return node
+
+        def parse_term():
+            nonlocal pos
+            node = parse_factor()
+            while peek() in ("*", "("):
+                if peek() == "*":
+                    pos += 1
+                node = ("*", node, parse_factor())
+            return node
+
+        def parse_factor():
+            nonlocal pos
+            tok = peek()
+            if tok is None:
+                error("ends unexpectedly")
+            pos += 1
+            if tok == "(":
+                node = parse_expr()
+                if peek() != ")":
+                    error("missing ')'")
+                pos += 1
+                return node
+            if tok not in nodes:
+                error(f"no component labelled {tok!r}")
+            used.append(tok)
+            return nodes[tok]
+
+        tree = parse_expr()
+        if pos != len(tokens):
+            error(f"unexpected {tokens[pos]!r}")
+        keep = [p for p in self.parameters if p.name.split(".", 1)[0] in used]
+        names = {p.name for p in keep}
+        keep = [p if p.link is None or p.link in names else dataclasses.replace(p, link=None)
+                for p in keep]
+        return Model(tree, tuple(keep))
+
+    def __call__(self, e_lo, e_hi=None, values=None):
+        """``model(e_lo, e_hi[, values])`` evaluates (:meth:`evaluate`); on a convolution
+        component, ``model(argument_model)`` is :meth:`apply`."""
+        if isinstance(e_lo, Model):
+            if e_hi is not None or values is not None:
+                raise TypeError("a convolution is applied to one Model: model(argument)")
+            return self.apply(e_lo)
+        if e_hi is None:
+            raise TypeError("Model.__call__ needs the bin edges: model(e_lo, e_hi[, values])")
         return self.evaluate({} if values is None else values, e_lo, e_hi)
 
 
@@ -314,9 +475,16 @@ def _evaluate_expr(expr, full, e_lo, e_hi):
 
     def walk(node):
         if node[0] == "comp":
-            spec = COMPONENTS[node[1]]
+            spec = _spec(node[1])
+            if spec.kind == "con":
+                raise _bare_convolution(node[1])
             args = [full[f"{node[2]}.{n}"] for n in spec.param_names]
             return spec.function(e_lo, e_hi, *args)
+        if node[0] == "conv":  # the component acts on the per-bin flux (or factor) of its argument
+            comp = node[1]
+            spec = _spec(comp[1])
+            args = [full[f"{comp[2]}.{n}"] for n in spec.param_names]
+            return spec.function(e_lo, e_hi, walk(node[2]), *args)
         left, right = walk(node[1]), walk(node[2])
         return left + right if node[0] == "+" else left * right
 
@@ -329,11 +497,20 @@ class ModelStructure:
 
     ``evaluate(theta, e_lo, e_hi)`` takes the vector of *all* parameter values in
     ``names`` order (linked entries are overwritten by their targets).
+
+    ``versions`` holds ``(name, serial)`` of every user-registered component in ``expr``
+    (:attr:`ComponentSpec.version <bkgjax.spectral.components.ComponentSpec>`).  Compiled fits
+    are cached by this object (jit static argument, sampler and export caches), and the
+    expression names components only by name: registering another function under the same
+    name (``replace=True``) gives a new serial, hence a new key, so a stale compilation of the
+    previous function is never reused.  The serial lives here rather than in the expression
+    nodes so that expressions (and the node format of the built-ins) are unchanged.
     """
 
     expr: tuple
     names: tuple
     links: tuple
+    versions: tuple = ()
 
     def values_from_vector(self, theta) -> dict:
         values = {name: theta[i] for i, name in enumerate(self.names)}
@@ -347,10 +524,13 @@ class ModelStructure:
 
 
 def _model_flatten(model):
-    return (model.parameters,), model.expr
+    # the registrations go into the static part too (see ModelStructure): a function jitted
+    # with a Model argument retraces when a component it names is registered again
+    return (model.parameters,), (model.expr, _versions(model.expr))
 
 
-def _model_unflatten(expr, children):
+def _model_unflatten(aux, children):
+    expr = aux[0]
     obj = object.__new__(Model)
     object.__setattr__(obj, "expr", expr)
     object.__setattr__(obj, "parameters", tuple(children[0]))
@@ -383,7 +563,8 @@ def check_energy_grid(e_lo, e_hi, what="energy grid"):
 
 
 def list_components() -> dict:
-    """Names and descriptions of the available components."""
+    """Names and descriptions of the available components (built-in and registered)."""
+    load_environment_components()
     return {name: spec.description for name, spec in COMPONENTS.items()}
 
 
@@ -391,7 +572,10 @@ def component(name: str, label: str | None = None, **overrides) -> Model:
     """Make a one-component model, e.g. ``component("powerlaw", PhoIndex=1.8, norm=1e-3)``.
 
     ``overrides`` set starting values; pass ``Parameter`` fields through :meth:`Model.set`.
+    A convolution component gives a model of kind ``"con"``, to be applied to an expression:
+    ``component("myconv")(powerlaw())``.
     """
+    load_environment_components()
     if name not in COMPONENTS:
         close = difflib.get_close_matches(name, list(COMPONENTS))
         raise ValueError(
@@ -440,6 +624,7 @@ gabs = _factory("gabs")
 
 def _component_name(token: str) -> str:
     """Registry name of a component token (case-insensitive, as in XSPEC)."""
+    load_environment_components()
     lowered = {name.lower(): name for name in COMPONENTS}
     if token.lower() in lowered:
         return lowered[token.lower()]
@@ -475,15 +660,17 @@ def parse_expression(expression: str) -> tuple:
 
     Grammar (recursive descent): ``expr := term ('+' term)*``, ``term := factor ('*'?
     factor)*`` (a factor directly followed by ``(`` multiplies it: XSPEC's ``a(b) = a*b``),
-    ``factor := NAME | '(' expr ')'``.  Component names are matched case-insensitively to
-    :data:`COMPONENTS`.
+    ``factor := NAME | CONV '(' expr ')' | '(' expr ')'``, where ``CONV`` is the name of a
+    convolution component (kind ``"con"``): ``conv(b)`` is the convolution acting on ``b``,
+    not a product.  Component names are matched case-insensitively to :data:`COMPONENTS`.
 
     Returns
     -------
     tree : tuple
         Hashable binary tree, left-associative: ``("comp", name, k)`` with ``k`` the 0-based
         position of the component from the left (XSPEC's numbering), ``("+", a, b)``,
-        ``("*", a, b)``.
+        ``("*", a, b)``, ``("conv", ("comp", name, k), a)`` (the convolution component
+        ``name`` acting on ``a``; it is numbered before the components of ``a``).
     components : tuple of str
         Registry names of the components, left to right.
 
@@ -491,7 +678,8 @@ def parse_expression(expression: str) -> tuple:
     ------
     ValueError
         Unknown component, malformed expression, an additive and a multiplicative component
-        added, or two additive components multiplied (XSPEC rules).
+        added, two additive components multiplied (XSPEC rules), or a convolution component
+        not followed by a parenthesised expression.
     """
     tokens = _tokenize(expression)
     components = []
@@ -544,7 +732,18 @@ def parse_expression(expression: str) -> tuple:
             error(f"unexpected {tok!r}")
         pos += 1
         components.append(_component_name(tok))
-        return ("comp", components[-1], len(components) - 1)
+        node = ("comp", components[-1], len(components) - 1)
+        if COMPONENTS[components[-1]].kind != "con":
+            return node
+        if peek() != "(":
+            error(f"convolution component {tok!r} must be followed by a parenthesised "
+                  f"expression to act on, e.g. {tok}(powerlaw)")
+        pos += 1
+        argument = parse_expr()
+        if peek() != ")":
+            error("missing ')'")
+        pos += 1
+        return ("conv", node, argument)
 
     tree = parse_expr()
     if pos != len(tokens):
@@ -554,7 +753,8 @@ def parse_expression(expression: str) -> tuple:
 
 def expression_kind(tree) -> str:
     """"add" (photons/cm^2/s per bin) or "mul" (a factor per bin) of an expression tree
-    (:func:`parse_expression` or :attr:`Model.expr`)."""
+    (:func:`parse_expression` or :attr:`Model.expr`); a convolution has the kind of the
+    expression it acts on ("con" for a bare convolution component of :attr:`Model.expr`)."""
     return _kind(tree)
 
 
@@ -562,14 +762,17 @@ def parse_model(expression: str) -> Model:
     """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``.
 
     The expression is parsed by :func:`parse_expression` (so ``constant(powerlaw)`` is a
-    product and names are case-insensitive); components take their default values and the
-    labels of :meth:`Model.__add__` (``gaussian``, ``gaussian_2``, ...).
+    product, ``myconv(powerlaw)`` a convolution when ``myconv`` is a convolution component, and
+    names are case-insensitive); components take their default values and the labels of
+    :meth:`Model.__add__` (``gaussian``, ``gaussian_2``, ...).
     """
     tree, _ = parse_expression(expression.strip())
 
     def build(node):
         if node[0] == "comp":
             return component(node[1])
+        if node[0] == "conv":
+            return component(node[1][1]).apply(build(node[2]))
         left, right = build(node[1]), build(node[2])
         return left + right if node[0] == "+" else left * right
 

@@ -15,7 +15,9 @@ prefer to say so.
 References
 ----------
 Cash, W. 1979, ApJ 228, 939.
-XSPEC manual, Appendix B "Statistics in XSPEC" (cstat, wstat).
+XSPEC manual, Appendix B "Statistics in XSPEC" (cstat, wstat, pgstat).
+HEASoft 6.20, ``Xspec/src/XSFit/StatMethod/Cstat/CstatVariants.cxx`` (``PGstat``: the special
+cases of pgstat).
 Sherpa documentation, ``sherpa.stats`` (Cash, CStat, WStat).
 Krivonos et al. 2021, MNRAS 502, 3966, eq. (3) (pixel likelihood, nustar_cxb_stray_light.txt).
 """
@@ -32,6 +34,8 @@ __all__ = [
     "cstat",
     "wstat",
     "wstat_background",
+    "pgstat",
+    "pgstat_background",
     "chi2_gehrels",
     "chi2_datavar",
     "chi2_modvar",
@@ -169,6 +173,107 @@ def wstat(model_counts, counts, background_counts, exposure_ratio):
         - background_counts
         + xlogy_safe(background_counts, background_counts)
     )
+    return 2.0 * value
+
+
+def pgstat_background(model_counts, counts, background_counts, background_error,
+                      background_ratio):
+    r"""Profiled background of the PG-statistic, in counts in the *source* region.
+
+    XSPEC's ``pgstat`` (Appendix B, "Poisson data with Gaussian background") takes the source
+    counts :math:`S \sim P(t_s(m + f))` and the background estimate
+    :math:`B \sim N(t_b f, \sigma_B^2)` and minimises over the background rate :math:`f` per
+    bin.  In source-region counts, :math:`\mu = t_s m`, :math:`g = t_s f`, :math:`r = t_b/t_s`,
+    the stationarity condition of :math:`y - S\ln y + (B - r g)^2/(2\sigma_B^2)` with
+    :math:`y = \mu + g` is the quadratic
+
+    .. math:: r^2 y^2 + (\sigma_B^2 - rB - r^2\mu)\,y - S\sigma_B^2 = 0,
+
+    whose roots have product :math:`-S\sigma_B^2/r^2 < 0`: exactly one is positive, and it is
+    the minimum (XSPEC solves the same equation written for :math:`f`, the manual's
+    :math:`f_i = [-(t_s\sigma_i^2 - t_b B_i + t_b^2 m_i) + d_i]/(2t_b^2)`, and keeps that
+    root).  :math:`g` itself may be negative (the background estimate
+    is Gaussian, so nothing keeps it positive; only :math:`y > 0` is needed), as in XSPEC.
+
+    Special cases, as XSPEC's ``PGstat::specificPerformB`` (HEASoft 6.20):
+
+    * :math:`S = 0`: the objective is linear plus quadratic in :math:`g` with no logarithm;
+      XSPEC uses its unconstrained minimum :math:`g = B/r - \sigma_B^2/r^2` (manual:
+      :math:`f_i = B_i/t_b - \sigma_i^2 t_s/t_b^2`), even where that makes :math:`y < 0`.
+    * :math:`\sigma_B = 0`: the background is known exactly, :math:`g = B/r` (XSPEC's
+      ``bierr == 0`` branch, i.e. cstat with the background fixed); the root below tends to
+      this value as :math:`\sigma_B \to 0`, so no separate branch is needed.
+
+    Returns :math:`y - \mu = g` (background counts expected in the source region).
+    """
+    mu = model_counts
+    r = background_ratio
+    var = background_error * background_error
+    r2 = r * r
+    beta = var - r * background_counts - r2 * mu
+    root = _safe_sqrt(beta * beta + 4.0 * r2 * counts * var)
+    # Positive root of r^2 y^2 + beta y - S var = 0 in the form without cancellation.
+    beta_nonpos = beta <= 0
+    denom = jnp.where(beta_nonpos, 1.0, beta + root)
+    y_pos = jnp.where(beta_nonpos, (root - beta) / (2.0 * r2), 2.0 * counts * var / denom)
+    # S = 0: XSPEC's unconstrained minimum (may be below zero; documented above).
+    y_zero = mu + background_counts / r - var / r2
+    return jnp.where(counts == 0, y_zero, y_pos) - mu
+
+
+def pgstat(model_counts, counts, background_counts, background_error, background_ratio):
+    r"""PG-statistic per bin (XSPEC ``pgstat``): Poisson source data, Gaussian background
+    with known error, the background rate profiled out per bin.
+
+    XSPEC manual, Appendix B ("Poisson data with Gaussian background"):
+
+    .. math::
+        PG_i = 2\,[\,t_s(m_i + f_i) - S_i\ln(t_s m_i + t_s f_i)
+               + \frac{(B_i - t_b f_i)^2}{2\sigma_i^2} - S_i(1 - \ln S_i)\,]
+
+    with :math:`f_i` the profiled background (:func:`pgstat_background`).  The
+    :math:`S_i(1-\ln S_i)` offset is the one of cstat, so a perfect model gives about 0 and
+    :math:`\sum_i PG_i` is approximately :math:`\chi^2`-distributed (one nuisance parameter
+    per bin is fitted to two measurements, so one degree of freedom per bin remains).
+
+    The Gaussian term is evaluated through the stationarity condition,
+    :math:`r(B - rg)/\sigma_B^2 = 1 - S/y`, as :math:`\sigma_B^2(1 - S/y)^2/(2r^2)`: the
+    direct form is a difference of nearly equal numbers divided by a small
+    :math:`\sigma_B^2`, and this one is exact at :math:`\sigma_B = 0`, where it vanishes and
+    the statistic is cstat with the background fixed at :math:`B/r` source-region counts
+    (XSPEC's ``bierr == 0`` branch).  For :math:`S_i = 0`, XSPEC's closed form
+    :math:`PG_i = 2[t_s m_i + B_i t_s/t_b - \sigma_i^2 t_s^2/(2 t_b^2)]` follows from the same
+    expression; it can be negative when :math:`\sigma_B^2 > 2rB` (XSPEC does not clip it,
+    nor do we).
+
+    In its :math:`\sigma_B = 0` branch XSPEC floors the total model at ``1e-5/t_s``; like
+    :func:`cstat` we do not (module docstring).
+    Value and gradient are finite at :math:`S = 0` and :math:`B = 0` (tested).
+
+    Parameters
+    ----------
+    model_counts : array_like
+        Source model counts in the source region, :math:`\mu_i = t_s m_i`.
+    counts : array_like
+        Observed source-region counts :math:`S_i`.
+    background_counts, background_error : array_like
+        Background estimate :math:`B_i` and its Gaussian error :math:`\sigma_i`, both in counts
+        in the background region (a background spectrum's counts and STAT_ERR).
+    background_ratio : array_like
+        :math:`r = t_b/t_s` (exposure times BACKSCAL times AREASCAL), per bin or scalar, as in
+        :func:`wstat`.
+    """
+    r = background_ratio
+    var = background_error * background_error
+    g = pgstat_background(model_counts, counts, background_counts, background_error, r)
+    y = model_counts + g
+    # S/y with 0/y = 0 for every y (including y <= 0, possible only when S = 0).
+    has_counts = counts != 0
+    counts_over_y = jnp.where(has_counts, counts / jnp.where(has_counts, y, 1.0), 0.0)
+    # var = 0 selected explicitly: y = 0 is then possible (B = model = 0), and 0 * inf is NaN
+    # where the statistic is +inf (a model with no counts where counts were seen, as cstat).
+    gaussian = jnp.where(var > 0, var * (1.0 - counts_over_y) ** 2 / (2.0 * r * r), 0.0)
+    value = y - counts + xlogy_safe(counts, counts) - xlogy_safe(counts, y) + gaussian
     return 2.0 * value
 
 
