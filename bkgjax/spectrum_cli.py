@@ -106,6 +106,8 @@ def _check_fit_flags(args):
                              ("--chains", args.chains, 1), ("--starts", args.starts, 1)):
         if value < low:
             return f"{flag} must be >= {low}, got {value}"
+    if args.gof and args.gof < 10:
+        return f"--gof must be >= 10 simulations (or 0 for none), got {args.gof}"
     if args.sample and (args.stat.startswith("chi2") or args.stat == "pgstat"):
         return (f"--sample samples a Poisson likelihood; --stat {args.stat} has none (use "
                 "cstat, cash or wstat)")
@@ -230,6 +232,14 @@ def _fit_spectrum(args) -> int:
             e = entry["energy"]
             print(f"{band} energy flux{f' (data set {k})' if joint else ''}: {e['value']:.4e} "
                   f"erg/cm^2/s, 90% [{e['lower90']:.4e}, {e['upper90']:.4e}]")
+    if args.gof:
+        from bkgjax.fit import goodness_of_fit
+
+        gof = goodness_of_fit(result, fit_data, n_sims=args.gof, seed=args.seed)
+        payload["goodness_of_fit"] = gof
+        print(f"goodness of fit ({args.gof} simulations of the best fit, refitted): p-value "
+              f"{gof['p_value']:.3g}; simulated {args.stat} median {gof['stat_sims_median']:.1f}"
+              + (f"; {gof['n_failed']} replica fits did not converge" if gof["n_failed"] else ""))
     idata = None
     if args.sample:
         from bkgjax.infer import NutsDiagnosticsWarning, nuts_diagnostics, posterior_flux, run_nuts
@@ -366,6 +376,9 @@ def register(sub) -> None:
     fs.add_argument("--flux", nargs=2, type=float, metavar=("LO", "HI"), default=None,
                     help="energy and photon flux of the source model in LO-HI keV with 90%% "
                          "intervals (parameter draws from the covariance, as Sherpa's sample_flux)")
+    fs.add_argument("--gof", type=int, default=0, metavar="N",
+                    help="goodness of fit: p-value of the statistic from N simulations of the "
+                         "best fit, each refitted (parametric bootstrap)")
     fs.add_argument("--plot", default=None, metavar="OUT.png",
                     help="figure of data, model and residuals of every data set")
     fs.add_argument("--stat", choices=("cash", "cstat", "wstat", "pgstat", "chi2", "chi2gehrels",

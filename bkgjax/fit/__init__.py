@@ -21,6 +21,7 @@ from .dataset import (
     total_statistic_of_theta,
 )
 from .fluxes import sample_flux
+from .gof import goodness_of_fit
 from .joint import JointModel, JointStructure, joint_predicted, joint_statistic
 from .optimize import (
     CONVERGED_STATUSES,
@@ -53,6 +54,7 @@ __all__ = [
     "fit",
     "fit_batch",
     "fit_nelder_mead",
+    "goodness_of_fit",
     "guess_norms",
     "lbfgs",
     "levenberg_marquardt",

@@ -707,7 +707,18 @@ def shard_batch(*arrays, axis_name: str = "spectrum"):
     return tuple(out)
 
 
-def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
+def _check_batch_counts(counts, what, stat):
+    """Simulated or observed counts of a batch: finite, and for the Poisson statistics
+    non-negative integers (a clear error instead of a 'converged' fit of impossible data)."""
+    values = np.asarray(counts)
+    if not np.all(np.isfinite(values)):
+        raise ValueError(f"{what} contain NaN or inf")
+    if stat not in CHI2_STATISTICS and (np.any(values < 0) or np.any(values != np.round(values))):
+        raise ValueError(f"{what} must be non-negative integers for stat={stat!r} "
+                         f"({int(np.sum((values < 0) | (values != np.round(values))))} bad values)")
+
+
+def fit_batch(model, data, counts, background_counts=None,
               stat: str = "cstat", *, errors: str = "covariance", level: float = 0.9,
               method: str = "auto", n_starts: int = 1, seed: int = 0,
               max_iter: int = 200, shard: bool = True) -> BatchFitResult:
@@ -717,8 +728,21 @@ def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
     ``counts`` has shape (n_spectra, n_bins) (and ``background_counts`` the same, for wstat).
     With ``shard=True`` (default) the spectrum axis is split over all available devices
     (:func:`shard_batch`).
+
+    Joint fits (a :class:`~bkgjax.fit.JointModel`, or ``data`` a sequence of data sets):
+    ``counts`` is a sequence with one (n_spectra, n_bins_k) array per data set, and
+    ``background_counts`` ``None`` or such a sequence (the background spectra, fitted by a
+    background model or profiled by wstat); the result's ``names`` are the global names.
     """
+    if not (isinstance(model, Model) and isinstance(data, SpectralData)):
+        return _fit_joint_batch(model, data, counts, background_counts, stat,
+                                _fit_options(errors, level, method, n_starts, max_iter), seed,
+                                shard)
     counts = jnp.asarray(counts, dtype=jnp.float64)
+    _check_batch_counts(counts, "counts", stat)
+    if background_counts is not None:
+        _check_batch_counts(background_counts, "background_counts",
+                            "chi2" if stat == "pgstat" else stat)
     if counts.ndim != 2 or counts.shape[1] != data.n_bins:
         raise ValueError(f"counts must have shape (n_spectra, {data.n_bins}), got "
                          f"{counts.shape}")
@@ -734,6 +758,50 @@ def fit_batch(model: Model, data: SpectralData, counts, background_counts=None,
         keys, counts, background_counts = shard_batch(keys, counts, background_counts)
     out = _fit_many(theta_all, lower, upper, keys, data, counts, background_counts,
                     structure=model.structure, free_idx=free_idx, stat=stat, options=options)
+    return _batch_result(model, free_names, stat, out, options, level)
+
+
+def _fit_joint_batch(model, data, counts, background_counts, stat, options, seed, shard):
+    model, datasets, free_names, free_idx, theta_all, lower, upper = _prepare_joint(
+        model, data, stat)
+    counts = tuple(counts)
+    if len(counts) != len(datasets):
+        raise ValueError(f"counts must hold one array per data set ({len(datasets)}), got "
+                         f"{len(counts)}")
+    bkg = (None,) * len(datasets) if background_counts is None else tuple(background_counts)
+    if len(bkg) != len(datasets):
+        raise ValueError(f"background_counts must hold one array per data set "
+                         f"({len(datasets)}), got {len(bkg)}")
+    n_spectra = None
+    checked_c, checked_b = [], []
+    for k, (d, c, b) in enumerate(zip(datasets, counts, bkg), start=1):
+        c = jnp.asarray(c, dtype=jnp.float64)
+        if c.ndim != 2 or c.shape[1] != d.n_bins or (n_spectra not in (None, c.shape[0])):
+            raise ValueError(f"counts of data set {k} must have shape (n_spectra, {d.n_bins}) "
+                             f"with the same n_spectra for all, got {c.shape}")
+        n_spectra = c.shape[0]
+        _check_batch_counts(c, f"counts of data set {k}", stat)
+        if b is not None:
+            b = jnp.asarray(b, dtype=jnp.float64)
+            if b.shape != c.shape:
+                raise ValueError(f"background_counts of data set {k}: shape {b.shape}, counts "
+                                 f"{c.shape}")
+            # pgstat's background is Gaussian (any real value); the others count photons
+            _check_batch_counts(b, f"background_counts of data set {k}",
+                                "chi2" if stat == "pgstat" else stat)
+        checked_c.append(c)
+        checked_b.append(b)
+    keys = jax.random.split(jax.random.PRNGKey(seed), n_spectra)
+    if shard:
+        keys, *arrays = shard_batch(keys, *checked_c, *checked_b)
+        checked_c, checked_b = arrays[:len(datasets)], arrays[len(datasets):]
+    out = _fit_joint_many(theta_all, lower, upper, keys, datasets, tuple(checked_c),
+                          tuple(checked_b), structure=model.structure, free_idx=free_idx,
+                          stat=stat, options=options)
+    return _batch_result(model, free_names, stat, out, options, options.level)
+
+
+def _batch_result(model, free_names, stat, out, options, level) -> BatchFitResult:
     out = jax.tree_util.tree_map(np.asarray, out)
     cov = out["covariance"]
     diag = np.diagonal(cov, axis1=1, axis2=2)

@@ -112,7 +112,7 @@ def spectrum_info(data):
 def fit_and_conf():
     """levmar fit, repeated until the statistic changes by <= 1e-10, then conf()."""
     last = np.inf
-    for calls in range(1, 11):
+    for calls in range(1, 11):  # noqa: B007 - the count is recorded after the loop
         ui.fit()
         fit = ui.get_fit_results()
         if abs(last - fit.statval) <= 1e-10:
