@@ -182,10 +182,6 @@ def _fit_spectrum(args) -> int:
             return _error(f"{pha} has no background (BACKFILE); --stat {args.stat} needs one")
         if background_model is not None and not data.has_background:
             return _error(f"--bkg-model: {pha} has no background spectrum (BACKFILE)")
-        if args.stat.startswith("chi2") and data.has_background and background_model is None:
-            return _error(f"--stat {args.stat} on background-subtracted counts is not "
-                          "implemented; add --no-background, model the background "
-                          "(--bkg-model), or use --stat wstat")
     joint = len(datasets) > 1 or background_model is not None
     try:
         model = (JointModel.create(source, len(datasets), per_dataset=args.per_dataset,
@@ -201,6 +197,9 @@ def _fit_spectrum(args) -> int:
         print(f"{pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
               + (f", background {int(np.sum(data.background_counts))} counts"
                  if data.has_background else ""))
+        if data.has_background and args.stat.startswith("chi2") and background_model is None:
+            print(f"{pha}: --stat {args.stat} fits the background-subtracted counts (as XSPEC; "
+                  "--no-background to fit the source counts alone)")
         if data.has_background and args.stat in ("cash", "cstat") and background_model is None:
             print(f"warning: {pha}: {args.stat} fits the source counts alone: the loaded "
                   f"background spectrum is ignored; use --stat wstat to profile it, "

@@ -353,6 +353,15 @@ def _fit_joint_many(theta_all, lower, upper, start_keys, datasets, counts, backg
     return jax.vmap(one)(start_keys, counts, background_counts)
 
 
+def _datavar_variance(data):
+    """chi2datavar's variance per bin (with a background: S + B/r^2, as Sherpa subtracts)."""
+    variance = np.asarray(data.counts)
+    if data.has_background:
+        variance = variance + np.asarray(data.background_counts) / np.asarray(
+            data.background_ratio) ** 2
+    return variance
+
+
 def _prepare(model: Model, data: SpectralData, stat: str):
     if stat not in STATISTICS:
         raise ValueError(f"unknown statistic {stat!r}; choose one of {STATISTICS}")
@@ -361,11 +370,7 @@ def _prepare(model: Model, data: SpectralData, stat: str):
     if stat in ("wstat", "pgstat") and not data.has_background:
         raise ValueError(f"{data.name}: stat={stat!r} needs a background spectrum; load one or "
                          "use cstat/cash")
-    if stat in CHI2_STATISTICS and data.has_background:
-        raise ValueError(f"{data.name}: {stat} of background-subtracted counts is not "
-                         "implemented; load without the background (use_background=False, CLI "
-                         "--no-background) or fit with wstat")
-    if stat == "chi2datavar" and bool(np.any(np.asarray(data.counts) == 0)):
+    if stat == "chi2datavar" and bool(np.any(_datavar_variance(data) == 0)):
         raise ValueError(f"{data.name}: chi2datavar needs counts > 0 in every bin "
                          f"({int(np.sum(np.asarray(data.counts) == 0))} empty); group the "
                          "spectrum (grouping='min-counts:N'), or use chi2 (Gehrels) or cstat")

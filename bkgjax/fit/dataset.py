@@ -29,7 +29,16 @@ import numpy as np
 
 from ..io import SpectrumFiles, group_index, load_spectrum
 from ..spectral.model import check_energy_grid
-from ..stats import cash, chi2_datavar, chi2_gehrels, chi2_modvar, cstat, pgstat, wstat
+from ..stats import (
+    cash,
+    chi2_datavar,
+    chi2_gehrels,
+    chi2_modvar,
+    chi2_subtracted,
+    cstat,
+    pgstat,
+    wstat,
+)
 from .grouping import (
     fwhm_in_channels,
     group_edges,
@@ -366,6 +375,12 @@ def statistic_per_bin(stat: str, model_counts, data: SpectralData):
             raise ValueError(f"{data.name}: pgstat needs a background spectrum (BACKFILE)")
         return pgstat(model_counts, data.counts, data.background_counts, data.background_error,
                       data.background_ratio)
+    if stat in CHI2_STATISTICS and data.background_counts is not None:
+        # chi2 of background-subtracted counts (XSPEC always subtracts; Sherpa's subtract())
+        variance = {"chi2": "gehrels", "chi2gehrels": "gehrels", "chi2datavar": "datavar",
+                    "chi2modvar": "modvar"}[stat]
+        return chi2_subtracted(model_counts, data.counts, data.background_counts,
+                               data.background_ratio, variance)
     if stat in ("chi2", "chi2gehrels"):
         return chi2_gehrels(model_counts, data.counts)
     if stat == "chi2datavar":

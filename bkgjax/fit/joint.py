@@ -38,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..spectral.model import Model, ModelStructure
-from .dataset import CHI2_STATISTICS, STATISTICS, SpectralData, statistic_per_bin
+from .dataset import STATISTICS, SpectralData, statistic_per_bin
 
 __all__ = ["JointModel", "JointStructure", "joint_predicted", "joint_statistic",
            "joint_derivatives", "as_joint"]
@@ -115,12 +115,23 @@ def _background_spectrum(data: SpectralData) -> SpectralData:
                                background_ratio=None)
 
 
+def _source_spectrum(data: SpectralData) -> SpectralData:
+    """The source spectrum alone: with a background model its background is modelled, not
+    subtracted (chi2) or profiled (wstat)."""
+    return dataclasses.replace(data, background_counts=None, background_ratio=None)
+
+
+def _spectra(data: SpectralData, with_background: bool):
+    """The spectra whose statistic is summed for one data set."""
+    if not with_background:
+        return (data,)
+    return (_source_spectrum(data), _background_spectrum(data))
+
+
 def _per_bin(stat, mus, data, with_background):
     """Per-bin statistic of each spectrum of one data set (same statistic for both)."""
-    out = [statistic_per_bin(stat, mus[0], data)]
-    if with_background:
-        out.append(statistic_per_bin(stat, mus[1], _background_spectrum(data)))
-    return out
+    return [statistic_per_bin(stat, mu, spectrum)
+            for mu, spectrum in zip(mus, _spectra(data, with_background))]
 
 
 def joint_predicted(structure: JointStructure, theta, datasets):
@@ -185,7 +196,7 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
             flux_jac = jax.vmap(flux_jvp)(basis)                             # (n, rows, E)
             folded = jnp.concatenate([flux[None], flux_jac], axis=0) @ data.matrix
             mus = _fold(folded, data, with_bkg)                              # (n+1, C) each
-            spectra = [data] + ([_background_spectrum(data)] if with_bkg else [])
+            spectra = _spectra(data, with_bkg)
             s1_all = []
             for mu, spectrum in zip(mus, spectra):
                 per_bin = partial(statistic_per_bin, stat, data=spectrum)
@@ -460,15 +471,13 @@ def check_joint(model: JointModel, datasets, stat: str) -> None:
         elif stat in ("wstat", "pgstat") and not data.has_background:
             raise ValueError(f"{where}: stat={stat!r} needs a background spectrum; load one or "
                              "use cstat/cash")
-        elif stat in CHI2_STATISTICS and data.has_background:
-            raise ValueError(f"{where}: {stat} of background-subtracted counts is not "
-                             "implemented; load without the background (use_background=False, "
-                             "CLI --no-background), fit a background model or use wstat")
         if stat == "chi2datavar":
-            spectra = [data.counts] + ([data.background_counts] if model.background is not None
-                                       else [])
-            for counts in spectra:
-                if bool(np.any(np.asarray(counts) == 0)):
+            for spectrum in _spectra(data, model.background is not None):
+                variance = np.asarray(spectrum.counts)
+                if spectrum.background_counts is not None:  # subtracted: S + B/r^2
+                    variance = variance + np.asarray(spectrum.background_counts) / np.asarray(
+                        spectrum.background_ratio) ** 2
+                if bool(np.any(variance == 0)):
                     raise ValueError(f"{where}: chi2datavar needs counts > 0 in every bin; group "
                                      "the spectrum (grouping='min-counts:N') or use chi2/cstat")
 
