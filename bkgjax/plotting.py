@@ -166,7 +166,7 @@ def plot_joint_fit(result, datasets, *, view="counts", residuals="delchi", min_c
     top.set_ylabel(ylabel)
     display = model.display_names()
     fixed = [f"{display[p.name]}={result.values[p.name]:.4g}" + ("" if p.frozen else
-                                                                  f" (={display[p.link]})")
+                                                                  f" (={display.get(p.link, p.link)})")
              for p in model.parameters if not p.is_free]
     title = f"{model} ({result.stat} {result.stat_value:.1f} / {result.dof} dof)"
     if fixed:

@@ -182,11 +182,20 @@ def _fit_spectrum(args) -> int:
             return _error(f"{pha} has no background (BACKFILE); --stat {args.stat} needs one")
         if background_model is not None and not data.has_background:
             return _error(f"--bkg-model: {pha} has no background spectrum (BACKFILE)")
-    joint = len(datasets) > 1 or background_model is not None
+    joint = len(datasets) > 1 or background_model is not None or bool(args.link)
     try:
         model = (JointModel.create(source, len(datasets), per_dataset=args.per_dataset,
                                    background=background_model) if joint else source)
         model, given = _apply_parameter_flags(model, args.freeze, args.set)
+        for text in args.link:
+            name, sep, expression = text.partition("=")
+            if not sep or not expression.strip():
+                raise ValueError(f"--link {text!r}: expected NAME=EXPRESSION, e.g. "
+                                 "norm@2=1.1*norm@1")
+            try:
+                model = model.set(name.strip(), link=expression)
+            except (KeyError, ValueError) as err:
+                raise ValueError(f"--link {text!r}: {err.args[0]}") from None
     except (ValueError, KeyError) as err:
         text = err.args[0] if err.args else str(err)
         flag = "--per-dataset" if "per_dataset" in str(text) else "error"
@@ -367,6 +376,9 @@ def register(sub) -> None:
                     help="model of the background spectrum (e.g. 'powerlaw'), fitted jointly "
                          "and scaled into the source region by the BACKSCAL ratio; its "
                          "parameters are bkg.NAME")
+    fs.add_argument("--link", action="append", default=[], metavar="NAME=EXPR",
+                    help="tie a parameter to an expression of others, e.g. "
+                         "--link 'norm@2=1.1*norm@1' (repeatable; XSPEC newpar)")
     fs.add_argument("--per-dataset", action="append", default=[], metavar="NAME",
                     help="give each data set its own copy NAME@K of this parameter "
                          "(repeatable; e.g. --per-dataset norm)")

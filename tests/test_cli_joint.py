@@ -29,6 +29,17 @@ def test_two_spectra_with_a_norm_per_data_set(tmp_path):
     assert set(n1) == {"value", "error", "unit", "lower90", "upper90", "at_limit"}
 
 
+def test_link_to_an_expression(tmp_path):
+    out = tmp_path / "link.json"
+    assert main(["fit-spectrum", PHA, PHA, "--no-background", "--per-dataset", "norm",
+                 "--link", "norm@2 = 0.5 * norm@1", "--json", str(out)]) == 0
+    payload = json.loads(out.read_text())
+    assert set(payload["params"]) == {"PhoIndex", "norm@1"}
+    linked = payload["linked"]["norm@2"]
+    assert linked["link"] == "0.5 * powerlaw.norm@1"
+    assert linked["value"] == pytest.approx(0.5 * payload["params"]["norm@1"]["value"])
+
+
 def test_background_model_matches_sherpa(tmp_path):
     """DG Tau with a power-law background model: Sherpa 4.19's statistic and best fit."""
     ref = json.loads(REFERENCE.read_text())["dgtau_bkgmodel"]["fit"]
@@ -78,6 +89,8 @@ def test_malformed_flags_name_the_flag(argv, message, capsys):
     (["--per-dataset", "Gamma"], "--per-dataset 'Gamma': no parameter 'Gamma'"),
     (["--per-dataset", "norm", "--set", "norm=1e-5"], "has one copy per data set"),
     (["--per-dataset", "norm", "--freeze", "norm@3=1e-5"], "no parameter 'norm@3'"),
+    (["--per-dataset", "norm", "--link", "norm@2"], "--link 'norm@2': expected NAME=EXPRESSION"),
+    (["--per-dataset", "norm", "--link", "norm@2=3*nrm"], "--link 'norm@2=3*nrm': no parameter"),
 ])
 def test_malformed_joint_flags(argv, message, capsys):
     assert main(["fit-spectrum", PHA, PHA, "--no-background", *argv]) == 2

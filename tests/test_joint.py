@@ -230,3 +230,32 @@ def test_background_model_with_chi2_and_pgstat(dgtau_dir):
         w = fit(start, data, "wstat")
     assert pg.converged
     assert pg.values["powerlaw.PhoIndex"] == pytest.approx(w.values["powerlaw.PhoIndex"], abs=0.1)
+
+
+def test_tie_to_an_expression(dgtau_dir):
+    """norm@2 = 2 * norm@1 (XSPEC newpar with an expression): the tie holds at the best fit,
+    the fit has one norm fewer, fluxes follow it; unknown names and cycles are clear errors."""
+    data = _dgtau(dgtau_dir, erange=(0.5, 7.0), use_background=False)
+    doubled = data.with_counts(2 * data.counts)
+    model = JointModel.create(powerlaw(), 2, per_dataset=["norm"])
+    tied = guess_norms(model, [data, doubled]).set("norm@2", link="2 * norm@1")
+    assert tied["norm@2"].link == "2 * powerlaw.norm@1"
+    result = fit(tied, [data, doubled], "cstat")
+    assert "powerlaw.norm@2" not in result.free_names
+    assert result.values["powerlaw.norm@2"] == pytest.approx(2 * result.values["powerlaw.norm@1"],
+                                                             rel=1e-12)
+    free = fit(guess_norms(model, [data, doubled]), [data, doubled], "cstat")
+    assert free.values["powerlaw.norm@2"] / free.values["powerlaw.norm@1"] == pytest.approx(2, rel=1e-6)
+    assert result.stat_value == pytest.approx(free.stat_value, abs=1e-6)
+    from bkgjax.fit import sample_flux
+
+    f1 = sample_flux(result, 0.5, 7.0, dataset=1, kind="photon")
+    f2 = sample_flux(result, 0.5, 7.0, dataset=2, kind="photon")
+    assert f2["value"] == pytest.approx(2 * f1["value"], rel=1e-9)
+    assert f2["upper90"] == pytest.approx(2 * f1["upper90"], rel=1e-9)
+    with pytest.raises(KeyError, match="no parameter 'nrm@1'"):
+        model.set("norm@2", link="2 * nrm@1")
+    with pytest.raises(ValueError, match="cycle"):
+        model.set("norm@2", link="norm@1").set("norm@1", link="norm@2 / 2")
+    with pytest.raises(ValueError, match="unexpected"):
+        model.set("norm@2", link="2 $ norm@1")

@@ -477,7 +477,9 @@ class FitResult:
             entry["at_limit"] = bool(self.at_limit.get(name, False))
             params[display[name]] = entry
         frozen = {display[p.name]: self.values[p.name] for p in self.model.parameters
-                  if not p.is_free}
+                  if p.frozen}
+        linked = {display[p.name]: {"value": self.values[p.name], "link": p.link}
+                  for p in self.model.parameters if p.link is not None and not p.frozen}
         return {
             "model": str(self.model),
             "stat": self.stat,
@@ -489,6 +491,7 @@ class FitResult:
             "n_iter": self.n_iter,
             "params": params,
             "frozen": frozen,
+            "linked": linked,
         }
 
     def to_json(self, path=None, **kwargs) -> str:

@@ -18,7 +18,7 @@ import numpy as np
 
 from ..spectral.flux import KEV_TO_ERG
 from ..spectral.model import Model
-from .joint import JointModel
+from .joint import JointModel, evaluate_tie
 
 __all__ = ["sample_flux", "FLUX_UNITS"]
 
@@ -92,9 +92,14 @@ def sample_flux(result, e_min, e_max, *, kind="energy", dataset=1, component=Non
         """(n, sub-model parameters) values, links resolved, frozen values kept."""
         full = {n: np.full(rows.shape[0], v) for n, v in result.values.items()}
         full.update({n: rows[:, i] for i, n in enumerate(free)})
-        for p in model.parameters:  # global ties follow their target in every draw
-            if p.link is not None:
-                full[p.name] = full[p.link]
+        if isinstance(model, JointModel):  # ties (names or expressions) follow every draw
+            names = model.names
+            for i, tree in model.structure.links:
+                full[names[i]] = evaluate_tie(tree, lambda j: full[names[j]])
+        else:
+            for p in model.parameters:
+                if p.link is not None:
+                    full[p.name] = full[p.link]
         return np.stack([full[columns[p.name]] for p in sub.parameters], axis=-1)
 
     edges = np.geomspace(float(e_min), float(e_max), int(n_bins) + 1)

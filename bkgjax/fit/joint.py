@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import re
 from dataclasses import dataclass
 from functools import partial
 from typing import Mapping, Sequence
@@ -41,7 +42,7 @@ from ..spectral.model import Model, ModelStructure
 from .dataset import STATISTICS, SpectralData, statistic_per_bin
 
 __all__ = ["JointModel", "JointStructure", "joint_predicted", "joint_statistic",
-           "joint_derivatives", "as_joint"]
+           "joint_derivatives", "as_joint", "parse_tie", "evaluate_tie"]
 
 BKG_PREFIX = "bkg."
 
@@ -52,7 +53,8 @@ class JointStructure:
 
     ``index[k]`` lists, for data set ``k`` (0-based), the global parameter feeding each
     source-model parameter (``source.names`` order) then each background-model parameter;
-    ``links`` are global ties ``(i, j)``: parameter ``i`` takes the value of ``j``.
+    ``links`` are global ties ``(i, tree)``: parameter ``i`` takes the value of the
+    expression ``tree`` of other global parameters (:func:`parse_tie`), in dependency order.
     """
 
     source: ModelStructure
@@ -74,8 +76,8 @@ class JointStructure:
         return local[:n_src], (local[n_src:] if self.background is not None else None)
 
     def apply_links(self, theta):
-        for i, j in self.links:
-            theta = theta.at[i].set(theta[j])
+        for i, tree in self.links:
+            theta = theta.at[i].set(evaluate_tie(tree, lambda j, t=theta: t[j]))
         return theta
 
 
@@ -290,9 +292,7 @@ class JointModel:
         names = self.names
         if len(set(names)) != len(names):
             raise ValueError(f"duplicate parameter names in joint model: {names}")
-        for p in self.parameters:
-            if p.link is not None and p.link not in names:
-                raise ValueError(f"parameter {p.name} links to unknown parameter {p.link}")
+        _tie_order(self.parameters)  # unknown names, malformed expressions, cycles
 
     # -- views ---------------------------------------------------------------------------------
     @property
@@ -363,8 +363,10 @@ class JointModel:
         i = self._index(name)
         changes = {k: v for k, v in (("value", value), ("frozen", frozen), ("min", min),
                                       ("max", max), ("prior", prior)) if v is not None}
-        if link is not None:
-            changes["link"] = self.parameters[self._index(link)].name
+        if link is not None:  # a parameter name or an expression of them ("1.1 * norm@1")
+            changes["link"] = " ".join(
+                self.parameters[self._index(tok)].name if kind == "name" else tok
+                for kind, tok in _tie_tokens(str(link)))
         new = list(self.parameters)
         new[i] = dataclasses.replace(self.parameters[i], **changes)
         return dataclasses.replace(self, parameters=tuple(new))
@@ -380,9 +382,9 @@ class JointModel:
 
     def resolve(self, values: Mapping[str, float]) -> dict:
         full = {p.name: values.get(p.name, p.value) for p in self.parameters}
-        for p in self.parameters:
-            if p.link is not None:
-                full[p.name] = full[p.link]
+        names = self.names
+        for i, tree in _tie_order(self.parameters):
+            full[names[i]] = float(evaluate_tie(tree, lambda j: full[names[j]]))
         return full
 
     @property
@@ -399,8 +401,7 @@ class JointModel:
                     q = prefix + p.name
                     row.append(names.index(f"{q}@{k}" if q in per else q))
             index.append(tuple(row))
-        links = tuple((i, names.index(p.link)) for i, p in enumerate(self.parameters)
-                      if p.link is not None)
+        links = _tie_order(self.parameters)
         return JointStructure(self.source.structure,
                               None if self.background is None else self.background.structure,
                               tuple(index), links, len(names))
@@ -413,6 +414,137 @@ class JointModel:
                  for p in self.source.parameters}
         return self.source.with_values({n: v for n, v in local.items()
                                         if self.source[n].link is None})
+
+
+_TIE_TOKEN = re.compile(r"\s*(?:(?P<num>(?:\d+\.?\d*|\.\d+)(?:[eE][-+]?\d+)?)"
+                        r"|(?P<name>[A-Za-z_][\w.@]*)|(?P<op>\*\*|[-+*/()]))")
+
+
+def _tie_tokens(text):
+    """(kind, token) pairs of a tie expression: numbers, parameter names, operators."""
+    out, pos, text = [], 0, text.strip()
+    while pos < len(text):
+        match = _TIE_TOKEN.match(text, pos)
+        if match is None or match.end() == pos:
+            raise ValueError(f"link {text!r}: unexpected {text[pos:]!r} (numbers, parameter "
+                             "names, + - * / ** and parentheses)")
+        out.append((match.lastgroup, match.group(match.lastgroup)))
+        pos = match.end()
+    if not out:
+        raise ValueError("link: empty expression")
+    return out
+
+
+def parse_tie(text, index_of):
+    """Hashable tree of a tie expression (XSPEC ``newpar 5 = 1.1*p2``; Sherpa links to
+    expressions): ``("num", v)``, ``("par", j)`` with ``j = index_of(name)``, ``("neg", a)``,
+    ``(op, a, b)`` for + - * / **."""
+    tokens = _tie_tokens(text)
+    pos = 0
+
+    def peek():
+        return tokens[pos][1] if pos < len(tokens) else None
+
+    def take():
+        nonlocal pos
+        pos += 1
+        return tokens[pos - 1]
+
+    def expr():
+        node = term()
+        while peek() in ("+", "-"):
+            node = (take()[1], node, term())
+        return node
+
+    def term():
+        node = unary()
+        while peek() in ("*", "/"):
+            node = (take()[1], node, unary())
+        return node
+
+    def unary():
+        if peek() == "-":
+            take()
+            return ("neg", unary())
+        if peek() == "+":
+            take()
+            return unary()
+        node = atom()
+        if peek() == "**":
+            take()
+            return ("**", node, unary())
+        return node
+
+    def atom():
+        if pos >= len(tokens):
+            raise ValueError(f"link {text!r}: ends unexpectedly")
+        kind, tok = take()
+        if kind == "num":
+            return ("num", float(tok))
+        if kind == "name":
+            return ("par", index_of(tok))
+        if tok == "(":
+            node = expr()
+            if peek() != ")":
+                raise ValueError(f"link {text!r}: missing ')'")
+            take()
+            return node
+        raise ValueError(f"link {text!r}: unexpected {tok!r}")
+
+    tree = expr()
+    if pos != len(tokens):
+        raise ValueError(f"link {text!r}: unexpected {tokens[pos][1]!r}")
+    return tree
+
+
+def evaluate_tie(tree, value_of):
+    """Value of a :func:`parse_tie` tree (``value_of(j)`` gives parameter ``j``; traceable)."""
+    kind = tree[0]
+    if kind == "num":
+        return tree[1]
+    if kind == "par":
+        return value_of(tree[1])
+    if kind == "neg":
+        return -evaluate_tie(tree[1], value_of)
+    a, b = evaluate_tie(tree[1], value_of), evaluate_tie(tree[2], value_of)
+    return {"+": a + b, "-": a - b, "*": a * b, "/": a / b, "**": a ** b}[kind]
+
+
+def _tie_order(parameters) -> tuple:
+    """``((i, tree), ...)`` of the linked parameters, each after the linked parameters it
+    uses; clear errors for unknown names and cycles."""
+    names = [p.name for p in parameters]
+
+    def index_of(name):
+        if name not in names:
+            raise ValueError(f"links to unknown parameter {name!r}")
+        return names.index(name)
+
+    trees = {}
+    for i, p in enumerate(parameters):
+        if p.link is not None:
+            try:
+                trees[i] = parse_tie(p.link, index_of)
+            except ValueError as err:
+                raise ValueError(f"parameter {p.name}: {err}") from None
+
+    def uses(tree):
+        if tree[0] == "par":
+            return {tree[1]}
+        if tree[0] == "num":
+            return set()
+        return set().union(*(uses(t) for t in tree[1:]))
+
+    order, done = [], set()
+    pending = dict(trees)
+    while pending:
+        ready = [i for i, t in pending.items() if not (uses(t) & set(pending))]
+        if not ready:
+            raise ValueError(f"links form a cycle: {[names[i] for i in pending]}")
+        for i in ready:
+            order.append((i, pending.pop(i)))
+            done.add(i)
+    return tuple(order)
 
 
 def _resolve_model_names(source, background, name, what):
