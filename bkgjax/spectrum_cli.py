@@ -5,7 +5,6 @@ fits, profile errors, NUTS posterior).  Heavy imports happen inside the handlers
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -21,10 +20,11 @@ def demo_spectrum_path() -> str:
 
 
 def write_json(path, payload):
-    """Write ``payload`` as indented JSON (one trailing newline)."""
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
+    """Write ``payload`` as indented, strict JSON (non-finite numbers as null; one trailing
+    newline)."""
+    from bkgjax.io.jsonio import write_json as write
+
+    write(path, payload)
 
 
 def _posterior_summary(idata, model, level=0.9):
@@ -197,9 +197,8 @@ def _fit_spectrum(args) -> int:
             except (KeyError, ValueError) as err:
                 raise ValueError(f"--link {text!r}: {err.args[0]}") from None
     except (ValueError, KeyError) as err:
-        text = err.args[0] if err.args else str(err)
-        flag = "--per-dataset" if "per_dataset" in str(text) else "error"
-        return _error(str(text).replace("per_dataset", "--per-dataset") if flag else text)
+        text = str(err.args[0] if err.args else err)
+        return _error(text.replace("per_dataset", "--per-dataset"))
     fit_data = datasets if joint else datasets[0]
     model = guess_norms(model, fit_data, keep=given)
     for pha, data in zip(args.pha, datasets):

@@ -30,6 +30,7 @@ import jax.numpy as jnp
 import numpy as np
 from scipy.special import chdtri
 
+from ..io.jsonio import json_safe
 from ..spectral.model import Model
 from .dataset import (
     CHI2_STATISTICS,
@@ -62,6 +63,7 @@ from .optimize import (
 )
 
 __all__ = ["FitOptions", "FitResult", "BatchFitResult", "fit", "fit_batch", "delta_stat",
+
            "total_statistic", "guess_norms", "folded_derivatives", "shard_batch"]
 
 
@@ -353,6 +355,13 @@ def _fit_joint_many(theta_all, lower, upper, start_keys, datasets, counts, backg
     return jax.vmap(one)(start_keys, counts, background_counts)
 
 
+def _check_dof(n_free, n_bins, where):
+    """More free parameters than bins cannot be fitted (the minimum is not unique)."""
+    if n_free > n_bins:
+        raise ValueError(f"{where}: {n_free} free parameters but only {n_bins} bin(s) enter the "
+                         "statistic; notice more channels, group less or freeze parameters")
+
+
 def _datavar_variance(data):
     """chi2datavar's variance per bin (with a background: S + B/r^2, as Sherpa subtracts)."""
     variance = np.asarray(data.counts)
@@ -377,6 +386,7 @@ def _prepare(model: Model, data: SpectralData, stat: str):
     free_names = model.free_names
     if not free_names:
         raise ValueError(f"model {model} has no free parameter")
+    _check_dof(len(free_names), data.n_bins, data.name)
     names = model.names
     free_idx = tuple(names.index(n) for n in free_names)
     theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
@@ -495,7 +505,8 @@ class FitResult:
         }
 
     def to_json(self, path=None, **kwargs) -> str:
-        text = json.dumps(self.to_dict(), indent=2, default=float, **kwargs)
+        """JSON text (strict: NaN and infinities, e.g. an undefined error, become null)."""
+        text = json.dumps(json_safe(self.to_dict()), indent=2, allow_nan=False, **kwargs)
         if path is not None:
             with open(path, "w") as fh:
                 fh.write(text + "\n")
@@ -611,6 +622,7 @@ def _prepare_joint(model, data, stat):
     free_names = model.free_names
     if not free_names:
         raise ValueError(f"model {model} has no free parameter")
+    _check_dof(len(free_names), n_bins_of(model, datasets), "the data sets")
     names = model.names
     free_idx = tuple(names.index(n) for n in free_names)
     theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)

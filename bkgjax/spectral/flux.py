@@ -21,6 +21,9 @@ KEV_TO_ERG = 1.602176634e-9
 def _band_grid(e_min, e_max, n_bins):
     if not (0 < e_min < e_max):
         raise ValueError(f"flux band must satisfy 0 < e_min < e_max keV, got {e_min}, {e_max}")
+    if isinstance(n_bins, bool) or int(n_bins) != n_bins or n_bins < 1:
+        raise ValueError(f"n_bins must be an integer >= 1, got {n_bins!r}")
+    n_bins = int(n_bins)
     edges = np.geomspace(e_min, e_max, n_bins + 1)
     return jnp.asarray(edges[:-1]), jnp.asarray(edges[1:])
 
