@@ -259,3 +259,34 @@ def test_tie_to_an_expression(dgtau_dir):
         model.set("norm@2", link="norm@1").set("norm@1", link="norm@2 / 2")
     with pytest.raises(ValueError, match="unexpected"):
         model.set("norm@2", link="2 $ norm@1")
+
+
+@pytest.mark.parametrize("view, residuals", [("counts", "delchi"), ("unfolded", "ratio"),
+                                             ("nufnu", "delchi")])
+def test_joint_plot_views(dgtau_dir, view, residuals):
+    """Every view draws both data sets, labels both axes with units, lists the frozen
+    parameters; the model line covers the data's full energy range."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkgjax.plotting import plot_joint_fit
+
+    data = _dgtau(dgtau_dir, erange=(0.5, 7.0))
+    model = JointModel.create(parse_model("constant*powerlaw"), 2, per_dataset=["constant"],
+                              background=powerlaw())
+    model = guess_norms(model.set("factor@1", 1.0, frozen=True), [data, data])
+    result = fit(model, [data, data], "cstat", errors="covariance")
+    fig = plot_joint_fit(result, [data, data], view=view, residuals=residuals)
+    top, bottom = fig.axes
+    assert "keV" in bottom.get_xlabel() and top.get_ylabel() and bottom.get_ylabel()
+    assert "s$^{-1}$" in top.get_ylabel()
+    assert "factor@1=1" in top.get_title()
+    labels = [t.get_text() for t in top.get_legend().get_texts()]
+    assert sum("1:" in t for t in labels) and sum("2:" in t for t in labels)
+    edges = [patch.get_path().vertices[:, 0] for patch in top.patches]
+    assert min(e.min() for e in edges) <= 0.5 + 0.02 and max(e.max() for e in edges) >= 7.0 - 0.02
+    plt.close(fig)
+    with pytest.raises(ValueError, match="view must be"):
+        plot_joint_fit(result, [data, data], view="folded")
