@@ -13,6 +13,18 @@ Priors come from :attr:`Parameter.prior`; parameters without one get a flat prio
 limits (``ImproperUniform`` on the interval), so the posterior mode is the MLE.  Chains start
 near the MLE (a short fit first), dispersed by the covariance, which keeps warm-up short and
 R-hat meaningful.
+
+:func:`run_nuts` samples the same posterior in whitened coordinates (:class:`WhitenedPrior`):
+every free parameter is mapped to the unconstrained space of its support (log / logit of its
+limits), then centred on the MLE and scaled by the Cholesky factor of the MLE covariance
+carried there, ``u = u_MLE + L z``.  An affine change of variables leaves the target
+unchanged (its Jacobian is constant); it hands NUTS a posterior of unit scale, so the initial
+step-size search (from 1), the identity start of the mass matrix and warm-up's regularisation
+of the adapted mass matrix (shrinkage towards ``1e-3 I``, Stan's) all fit, however narrow
+the posterior is: a bright spectrum's unconstrained posterior has widths ~1e-3 and would be
+dominated by that shrinkage.  ``u_MLE`` and ``L`` are arguments of the NumPyro model, so new
+values do not recompile the cached sampler.  The parameters are deterministic sites under
+their own names; the whitened site is dropped from the returned posterior.
 """
 
 from __future__ import annotations
@@ -35,8 +47,8 @@ from ..fit.joint import JointModel, as_joint, joint_predicted
 from ..spectral.flux import energy_flux, photon_flux
 from ..stats import poisson_loglike, wstat
 
-__all__ = ["PoissonStatistic", "spectral_model", "joint_spectral_model", "run_nuts",
-           "posterior_flux", "batched_spectral_model"]
+__all__ = ["PoissonStatistic", "WhitenedPrior", "spectral_model", "joint_spectral_model",
+           "run_nuts", "posterior_flux", "batched_spectral_model"]
 
 
 class PoissonStatistic(dist.Distribution):
@@ -90,6 +102,69 @@ def _site_prior(param):
     return dist.ImproperUniform(support, (), ())
 
 
+#: Name of the whitened sample site of :func:`run_nuts` (not a parameter name: those are
+#: qualified, ``component.parameter``).
+WHITENED_SITE = "_whitened"
+
+
+class WhitenedPrior(dist.Distribution):
+    r"""The free parameters' priors as a density of whitened coordinates ``z`` (a vector).
+
+    ``u = centre + scale @ z`` are unconstrained coordinates (``centre``: the MLE mapped there,
+    ``scale``: lower Cholesky factor of the covariance mapped there) and the parameter values
+    are :math:`\theta_i = T_i(u_i)`, :math:`T_i` = ``biject_to`` of prior i's support (what
+    NumPyro itself uses for a site with that prior).  ``log_prob(z)`` =
+    :math:`\sum_i \ln p_i(\theta_i) + \ln|T_i'(u_i)|` (the constant
+    :math:`\ln|\det L|` left out), so sampling ``z`` targets exactly the posterior that
+    per-parameter sites with these priors give.  Improper (flat priors): ``sample`` raises.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    pytree_data_fields = ("centre", "scale")
+    pytree_aux_fields = ("priors",)
+
+    def __init__(self, priors, centre, scale, validate_args=None):
+        self.priors = tuple(priors)
+        self.centre = centre
+        self.scale = scale
+        super().__init__(batch_shape=(), event_shape=(len(self.priors),),
+                         validate_args=validate_args)
+
+    def unconstrained(self, z):
+        """``u = centre + scale @ z`` (``z``: (..., n))."""
+        return self.centre + jnp.einsum("...j,ij->...i", z, self.scale)
+
+    def values(self, z):
+        r"""Parameter values :math:`\theta(z)`, shape (..., n)."""
+        u = self.unconstrained(z)
+        return jnp.stack([dist.biject_to(p.support)(u[..., i])
+                          for i, p in enumerate(self.priors)], axis=-1)
+
+    def log_prob(self, value):
+        u = self.unconstrained(value)
+        total = jnp.zeros(jnp.shape(u)[:-1])
+        for i, prior in enumerate(self.priors):
+            transform = dist.biject_to(prior.support)
+            theta = transform(u[..., i])
+            total = total + prior.log_prob(theta) + transform.log_abs_det_jacobian(
+                u[..., i], theta)
+        return total
+
+    def sample(self, key, sample_shape=()):
+        raise NotImplementedError("WhitenedPrior is improper (flat priors): no draws")
+
+
+def _whitened_values(params, centre, scale):
+    """Sample the whitened site; the free parameters' values as deterministic sites (named
+    after the parameters), returned in the order of ``params``."""
+    prior = WhitenedPrior([_site_prior(p) for p in params], centre, scale)
+    values = prior.values(numpyro.sample(WHITENED_SITE, prior))
+    for k, param in enumerate(params):
+        numpyro.deterministic(param.name, values[..., k])
+    return values
+
+
 def spectral_model(model, data: SpectralData, stat="cstat", counts=None):
     """NumPyro model function: free parameters -> folded counts -> ``counts`` site.
 
@@ -99,6 +174,20 @@ def spectral_model(model, data: SpectralData, stat="cstat", counts=None):
     for i, param in enumerate(model.parameters):
         if param.is_free:
             theta = theta.at[i].set(numpyro.sample(param.name, _site_prior(param)))
+    _spectrum_sites(model, theta, data, stat, counts)
+
+
+def whitened_spectral_model(model, data: SpectralData, counts, centre, scale, stat="cstat"):
+    """:func:`spectral_model` sampled in whitened coordinates (:class:`WhitenedPrior`; the
+    same posterior): ``centre``/``scale`` in the order of ``model``'s free parameters."""
+    free = [i for i, p in enumerate(model.parameters) if p.is_free]
+    theta = jnp.asarray(list(model.resolve({}).values()), dtype=jnp.float64)
+    values = _whitened_values([model.parameters[i] for i in free], centre, scale)
+    theta = theta.at[np.asarray(free)].set(values)
+    _spectrum_sites(model, theta, data, stat, counts)
+
+
+def _spectrum_sites(model, theta, data, stat, counts):
     mu = predicted_counts(model.structure, theta, data)
     numpyro.deterministic("model_counts", mu)
     numpyro.sample(
@@ -130,6 +219,20 @@ def joint_spectral_model(theta_start, datasets, observed=None, *, structure, par
     for i, param in enumerate(parameters):
         if param.is_free:
             theta = theta.at[i].set(numpyro.sample(param.name, _site_prior(param)))
+    _joint_sites(theta, datasets, observed, structure, stat)
+
+
+def whitened_joint_spectral_model(theta_start, centre, scale, datasets, observed=None, *,
+                                  structure, parameters, stat):
+    """:func:`joint_spectral_model` sampled in whitened coordinates (:class:`WhitenedPrior`;
+    the same posterior): ``centre``/``scale`` in the order of the free ``parameters``."""
+    free = [i for i, p in enumerate(parameters) if p.is_free]
+    values = _whitened_values([parameters[i] for i in free], centre, scale)
+    _joint_sites(theta_start.at[np.asarray(free)].set(values), datasets, observed, structure,
+                 stat)
+
+
+def _joint_sites(theta, datasets, observed, structure, stat):
     for k, (data, entry) in enumerate(zip(datasets, joint_predicted(structure, theta, datasets)),
                                       start=1):
         obs = (None, None) if observed is None else observed[k - 1]
@@ -169,27 +272,80 @@ def batched_spectral_model(model, data: SpectralData, counts, background_counts=
     numpyro.sample("counts", PoissonStatistic(mu, stat, bkg, ratio).to_event(1), obs=counts)
 
 
+def _interior(value, support, sd):
+    """``value`` moved strictly inside ``support`` (an MLE at a limit has no finite
+    unconstrained image) by a margin on the scale of the parameter, not of the interval
+    (limits such as ``norm`` in [0, 1e24])."""
+    low = float(np.asarray(getattr(support, "lower_bound", -np.inf)))
+    high = float(np.asarray(getattr(support, "upper_bound", np.inf)))
+    scale = sd if np.isfinite(sd) and sd > 0 else (abs(value) if value != 0 else 1.0)
+    if np.isfinite(high - low):
+        scale = min(scale, high - low)
+    margin = 1e-6 * scale
+    for _ in range(30):
+        inside = min(max(value, low + margin), high - margin)
+        if low < inside < high:
+            return inside
+        margin *= 10.0  # the margin is below the spacing of floats at the limit
+    return 0.5 * (low + high) if np.isfinite(high - low) else value
+
+
+def _whitening(params, best):
+    r"""``(centre, scale)`` of :class:`WhitenedPrior` for the free ``params``: the MLE mapped to
+    the unconstrained space of each site's support, and the lower Cholesky factor of the MLE
+    covariance carried there to first order (:math:`du = d\theta / T'(u)`).  Where the
+    covariance is unusable (not finite or not positive definite): a diagonal of the
+    finite covariance errors, else 1e-3 relative widths."""
+    free = [p for p in params if p.is_free]
+    order = [list(best.free_names).index(p.name) for p in free]
+    n = len(free)
+    mean = np.array([best.values[p.name] for p in free], dtype=float)
+    cov = np.asarray(best.covariance, dtype=float).reshape(len(best.free_names), -1)
+    cov = cov[np.ix_(order, order)]
+    var = np.diag(cov)
+    sd = np.sqrt(np.where(np.isfinite(var) & (var > 0), var, np.nan))
+    centre, slope = np.empty(n), np.empty(n)  # u of the MLE, d theta / d u there
+    for k, param in enumerate(free):
+        support = _site_prior(param).support
+        transform = dist.biject_to(support)
+        x = _interior(mean[k], support, sd[k])
+        mean[k] = x
+        u = transform.inv(jnp.asarray(x, dtype=jnp.float64))
+        centre[k] = float(u)
+        slope[k] = float(jnp.exp(transform.log_abs_det_jacobian(u, transform(u))))
+    scale = None
+    if np.all(np.isfinite(cov)) and np.all(np.isfinite(slope)) and np.all(slope > 0):
+        try:
+            scale = np.linalg.cholesky(cov / np.outer(slope, slope))
+        except np.linalg.LinAlgError:
+            scale = None
+        if scale is not None and not (np.all(np.isfinite(scale))
+                                      and np.all(np.diag(scale) > 0)):
+            scale = None
+    if scale is None:
+        width = np.where(np.isfinite(sd), sd, 1e-3 * np.where(mean != 0, np.abs(mean), 1.0))
+        width = width / np.where(np.isfinite(slope) & (slope > 0), slope, 1.0)
+        scale = np.diag(np.where(np.isfinite(width) & (width > 0), width, 1e-3))
+    return jnp.asarray(centre, dtype=jnp.float64), jnp.asarray(scale, dtype=jnp.float64)
+
+
+def _initial_whitened(key, num_chains, n, spread=0.5):
+    """Whitened start per chain: ``spread`` x standard normal draws (the MLE + ``spread`` x
+    covariance draws in unconstrained space), as :func:`run_nuts`'s ``init_params`` (no
+    chain axis for one chain, as NumPyro expects)."""
+    z = spread * jax.random.normal(key, (num_chains, n), dtype=jnp.float64)
+    return {WHITENED_SITE: z[0] if num_chains == 1 else z}
+
+
 def _initial_chains(model, best, key, num_chains, spread=0.5):
-    """Unconstrained start per chain: MLE + ``spread`` x covariance draws (clipped inside)."""
-    free = best.free_names
-    mean = np.array([best.values[n] for n in free])
-    cov = best.covariance
-    ok = np.all(np.isfinite(cov)) and np.all(np.linalg.eigvalsh(cov) > 0)
-    draws = np.asarray(jax.random.normal(key, (num_chains, len(free))))
-    if ok:
-        draws = draws @ np.linalg.cholesky(cov).T * spread
-    else:
-        draws = draws * 1e-3 * np.maximum(np.abs(mean), 1e-12)
-    init = {}
-    for k, name in enumerate(free):
-        param = model[name]
-        values = mean[k] + draws[:, k]
-        width = param.max - param.min
-        margin = 1e-9 * (width if np.isfinite(width) else max(abs(mean[k]), 1.0))
-        values = np.clip(values, param.min + margin, param.max - margin)
-        transform = dist.biject_to(_site_prior(param).support)
-        init[name] = transform.inv(jnp.asarray(values))
-    return init
+    """Unconstrained start per chain of the per-parameter sites of :func:`spectral_model`:
+    MLE + ``spread`` x covariance draws, taken in the unconstrained space (always inside the
+    limits; the same starts as :func:`run_nuts`'s whitened ones)."""
+    params = [p for p in model.parameters if p.is_free]
+    centre, scale = _whitening(params, best)
+    z = spread * jax.random.normal(key, (num_chains, len(params)), dtype=jnp.float64)
+    u = centre + z @ scale.T
+    return {p.name: u[:, k] for k, p in enumerate(params)}
 
 
 # Compiled samplers, reused across calls with the same model structure, statistic and
@@ -211,14 +367,10 @@ def _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept, pr
 def _cached_sampler(structure, parameters, stat, num_warmup, num_samples, num_chains,
                     target_accept, progress_bar):
     """One MCMC object per key (``structure`` and ``parameters`` are part of the key only)."""
-    kernel = NUTS(partial(_model_for_stat, stat=stat), target_accept_prob=target_accept,
-                  dense_mass=True)
+    kernel = NUTS(partial(whitened_spectral_model, stat=stat),
+                  target_accept_prob=target_accept, dense_mass=True)
     return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
-
-
-def _model_for_stat(model, data, counts, stat):
-    spectral_model(model, data, stat, counts)
 
 
 @lru_cache(maxsize=SAMPLER_CACHE_SIZE)
@@ -226,9 +378,9 @@ def _cached_joint_sampler(structure, parameters, stat, num_warmup, num_samples, 
                           target_accept, progress_bar):
     """As :func:`_cached_sampler` for :func:`joint_spectral_model` (``parameters``: the
     :class:`SiteSpec` tuple: limits, free flags and priors select the compiled sampler)."""
-    kernel = NUTS(partial(joint_spectral_model, structure=structure, parameters=parameters,
-                          stat=stat), target_accept_prob=target_accept,
-                  dense_mass=True)
+    kernel = NUTS(partial(whitened_joint_spectral_model, structure=structure,
+                          parameters=parameters, stat=stat),
+                  target_accept_prob=target_accept, dense_mass=True)
     return MCMC(kernel, num_warmup=num_warmup, num_samples=num_samples, num_chains=num_chains,
                 chain_method="vectorized", progress_bar=progress_bar, jit_model_args=True)
 
@@ -287,7 +439,7 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
     Check ``arviz.summary(idata)`` for R-hat and ESS.  Chains run vectorised; the compiled
     sampler is reused by later calls with the same model structure and settings.
     """
-    import arviz as az
+    import arviz as az  # noqa: F401  (needed for the result: fail before sampling)
 
     if stat not in ("cash", "cstat", "wstat"):
         raise ValueError(f"run_nuts samples a Poisson likelihood; stat={stat!r} has none "
@@ -302,10 +454,12 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
     best = _fit(model, data, stat, errors="covariance")
     key = jax.random.PRNGKey(seed)
     key_init, key_run, key_ppc = jax.random.split(key, 3)
-    init = _initial_chains(model, best, key_init, num_chains)
+    # whitened coordinates around the MLE (module docstring): values, not part of the key
+    centre, scale = _whitening(model.parameters, best)
+    init = _initial_whitened(key_init, num_chains, len(centre))
     mcmc = _sampler(model, stat, num_warmup, num_samples, num_chains, target_accept,
                     progress_bar)
-    mcmc.run(key_run, model, data, data.counts, init_params=init)
+    mcmc.run(key_run, model, data, data.counts, centre, scale, init_params=init)
     ppc = None
     if posterior_predictive:
         rate = mcmc.get_samples(group_by_chain=True)["model_counts"]
@@ -313,19 +467,32 @@ def run_nuts(model, data: SpectralData, stat="cstat", *, num_warmup=500, num_sam
             rate = rate + data.background_counts / data.background_ratio
         replicas = jax.random.poisson(key_ppc, rate, shape=rate.shape).astype(jnp.float64)
         ppc = {"counts": np.asarray(replicas)}
-    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
+    idata = _inference_data(mcmc, ppc)
     _check_diagnostics(idata, model.free_names)
+    return idata
+
+
+def _inference_data(mcmc, ppc):
+    """arviz InferenceData of a whitened run, without the whitened site."""
+    import arviz as az
+
+    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
+    posterior = idata.posterior
+    dims = [d for d in posterior[WHITENED_SITE].dims if d not in ("chain", "draw")]
+    attrs = dict(posterior.attrs)
+    posterior = posterior.drop_vars([WHITENED_SITE, *dims])
+    posterior.attrs = attrs
+    idata.posterior = posterior
     return idata
 
 
 def _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed,
                     posterior_predictive, progress_bar, target_accept):
-    import arviz as az
-
     model, datasets = as_joint(model, data)
     best = _fit(model, datasets, stat, errors="covariance")
     key_init, key_run, key_ppc = jax.random.split(jax.random.PRNGKey(seed), 3)
-    init = _initial_chains(best.model, best, key_init, num_chains)
+    centre, scale = _whitening(best.model.parameters, best)
+    init = _initial_whitened(key_init, num_chains, len(centre))
     structure = model.structure
     sites = tuple(SiteSpec(p.name, p.is_free, p.min, p.max, p.prior)
                   for p in best.model.parameters)  # values excluded: they do not recompile
@@ -334,7 +501,7 @@ def _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed
     theta_start = jnp.asarray(list(best.model.resolve({}).values()), dtype=jnp.float64)
     observed = tuple((d.counts, d.background_counts if model.background is not None else None)
                      for d in datasets)
-    mcmc.run(key_run, theta_start, datasets, observed, init_params=init)
+    mcmc.run(key_run, theta_start, centre, scale, datasets, observed, init_params=init)
     ppc = None
     if posterior_predictive:
         samples = mcmc.get_samples(group_by_chain=True)
@@ -350,7 +517,7 @@ def _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed
                 rate = samples[f"background_model_{k}"]
                 ppc[f"background_{k}"] = np.asarray(jax.random.poisson(
                     keys[2 * k - 1], rate, shape=rate.shape), dtype=float)
-    idata = az.from_numpyro(mcmc, posterior_predictive=ppc)
+    idata = _inference_data(mcmc, ppc)
     _check_diagnostics(idata, model.free_names)
     return idata
 
