@@ -403,54 +403,19 @@ class Model:
                         collect(child)
 
         collect(self.expr)
-        tokens = _tokenize(str(text))
-        pos = 0
         used = []
 
         def error(msg):
             raise ValueError(f"sub-expression {text!r} of {self}: {msg}; components: "
                              f"{sorted(nodes)}")
 
-        def peek():
-            return tokens[pos] if pos < len(tokens) else None
-
-        def parse_expr():
-            nonlocal pos
-            node = parse_term()
-            while peek() == "+":
-                pos += 1
-                node = ("+", node, parse_term())
-            return node
-
-        def parse_term():
-            nonlocal pos
-            node = parse_factor()
-            while peek() in ("*", "("):
-                if peek() == "*":
-                    pos += 1
-                node = ("*", node, parse_factor())
-            return node
-
-        def parse_factor():
-            nonlocal pos
-            tok = peek()
-            if tok is None:
-                error("ends unexpectedly")
-            pos += 1
-            if tok == "(":
-                node = parse_expr()
-                if peek() != ")":
-                    error("missing ')'")
-                pos += 1
-                return node
+        def name_node(tok, peek, parenthesised):
             if tok not in nodes:
                 error(f"no component labelled {tok!r}")
             used.append(tok)
             return nodes[tok]
 
-        tree = parse_expr()
-        if pos != len(tokens):
-            error(f"unexpected {tokens[pos]!r}")
+        tree = _parse_tokens(_tokenize(str(text)), name_node, lambda op, a, b: (op, a, b), error)
         keep = [p for p in self.parameters if p.name.split(".", 1)[0] in used]
         names = {p.name for p in keep}
         keep = [p if p.link is None or p.link in names else dataclasses.replace(p, link=None)
@@ -655,6 +620,61 @@ def _tokenize(expression: str) -> list:
     return tokens
 
 
+def _parse_tokens(tokens, name_node, combine, error):
+    """Recursive descent of the expression grammar shared by :func:`parse_expression` and
+    :meth:`Model.subexpression`: ``expr := term ('+' term)*``, ``term := factor ('*'?
+    factor)*`` (``a(b)`` multiplies), ``factor := NAME | '(' expr ')'``.  ``name_node(tok,
+    peek, parenthesised)`` builds a NAME's node (``parenthesised()`` parses a following
+    ``( expr )``), ``combine(op, left, right)`` a binary node; ``error(msg)`` raises."""
+    pos = 0
+
+    def peek():
+        return tokens[pos] if pos < len(tokens) else None
+
+    def parenthesised():
+        nonlocal pos
+        pos += 1  # the "("
+        node = parse_expr()
+        if peek() != ")":
+            error("missing ')'")
+        pos += 1
+        return node
+
+    def parse_expr():
+        nonlocal pos
+        node = parse_term()
+        while peek() == "+":
+            pos += 1
+            node = combine("+", node, parse_term())
+        return node
+
+    def parse_term():
+        nonlocal pos
+        node = parse_factor()
+        while peek() in ("*", "("):
+            if peek() == "*":
+                pos += 1
+            node = combine("*", node, parse_factor())
+        return node
+
+    def parse_factor():
+        nonlocal pos
+        tok = peek()
+        if tok is None:
+            error("ends unexpectedly")
+        if tok == "(":
+            return parenthesised()
+        if tok in ("+", "*", ")"):
+            error(f"unexpected {tok!r}")
+        pos += 1
+        return name_node(tok, peek, parenthesised)
+
+    tree = parse_expr()
+    if pos != len(tokens):
+        error(f"unexpected {tokens[pos]!r}")
+    return tree
+
+
 def parse_expression(expression: str) -> tuple:
     """Parse an XSPEC model expression into ``(tree, components)``.
 
@@ -683,13 +703,9 @@ def parse_expression(expression: str) -> tuple:
     """
     tokens = _tokenize(expression)
     components = []
-    pos = 0
 
     def error(msg):
         raise ValueError(f"model expression {expression!r}: {msg}")
-
-    def peek():
-        return tokens[pos] if pos < len(tokens) else None
 
     def combine(op, left, right):
         kinds = (_kind(left), _kind(right))
@@ -699,38 +715,7 @@ def parse_expression(expression: str) -> tuple:
             error("cannot multiply two additive components")
         return (op, left, right)
 
-    def parse_expr():
-        nonlocal pos
-        node = parse_term()
-        while peek() == "+":
-            pos += 1
-            node = combine("+", node, parse_term())
-        return node
-
-    def parse_term():
-        nonlocal pos
-        node = parse_factor()
-        while peek() in ("*", "("):
-            if peek() == "*":
-                pos += 1
-            node = combine("*", node, parse_factor())
-        return node
-
-    def parse_factor():
-        nonlocal pos
-        tok = peek()
-        if tok is None:
-            error("ends unexpectedly")
-        if tok == "(":
-            pos += 1
-            node = parse_expr()
-            if peek() != ")":
-                error("missing ')'")
-            pos += 1
-            return node
-        if tok in ("+", "*", ")"):
-            error(f"unexpected {tok!r}")
-        pos += 1
+    def name_node(tok, peek, parenthesised):
         components.append(_component_name(tok))
         node = ("comp", components[-1], len(components) - 1)
         if COMPONENTS[components[-1]].kind != "con":
@@ -738,16 +723,9 @@ def parse_expression(expression: str) -> tuple:
         if peek() != "(":
             error(f"convolution component {tok!r} must be followed by a parenthesised "
                   f"expression to act on, e.g. {tok}(powerlaw)")
-        pos += 1
-        argument = parse_expr()
-        if peek() != ")":
-            error("missing ')'")
-        pos += 1
-        return ("conv", node, argument)
+        return ("conv", node, parenthesised())
 
-    tree = parse_expr()
-    if pos != len(tokens):
-        error(f"unexpected {tokens[pos]!r}")
+    tree = _parse_tokens(tokens, name_node, combine, error)
     return tree, tuple(components)
 
 
