@@ -102,3 +102,22 @@ def test_goodness_of_fit_validates(data):
     result = fit(guess_norms(powerlaw(), data), data, "cstat", errors="covariance")
     with pytest.raises(ValueError, match="n_sims must be"):
         goodness_of_fit(result, data, n_sims=5)
+
+
+def test_posterior_flux_of_a_joint_model_per_data_set(data):
+    """posterior_flux takes a JointModel: the flux of each data set's source model (here
+    factor@2 = 2 doubles data set 2's), from the same draws."""
+    from bkgjax.fit import JointModel
+    from bkgjax.infer import posterior_flux, run_nuts
+
+    model = JointModel.create(parse_model("constant*powerlaw"), 2, per_dataset=["constant"])
+    model = guess_norms(model.set("factor@1", 1.0, frozen=True), [data, data])
+    result = fit(model, [data, data], "cstat", errors="covariance")
+    idata = run_nuts(result.model, [data, data], "cstat", num_warmup=100, num_samples=100,
+                     num_chains=2, posterior_predictive=False)
+    f1 = posterior_flux(idata, result.model, 0.5, 7.0, dataset=1)
+    f2 = posterior_flux(idata, result.model, 0.5, 7.0, dataset=2)
+    factor = np.asarray(idata.posterior["constant.factor@2"])
+    np.testing.assert_allclose(f2, f1 * factor, rtol=1e-10)
+    cont = posterior_flux(idata, result.model, 0.5, 7.0, dataset=1, component="powerlaw")
+    np.testing.assert_allclose(cont, f1, rtol=1e-12)  # factor@1 = 1: the continuum is all

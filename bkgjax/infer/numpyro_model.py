@@ -43,8 +43,8 @@ from numpyro.infer import MCMC, NUTS
 
 from ..fit.core import fit as _fit
 from ..fit.dataset import SpectralData, predicted_counts
+from ..fit.fluxes import draw_fluxes
 from ..fit.joint import JointModel, as_joint, joint_predicted
-from ..spectral.flux import energy_flux, photon_flux
 from ..stats import poisson_loglike, wstat
 
 __all__ = ["PoissonStatistic", "WhitenedPrior", "spectral_model", "joint_spectral_model",
@@ -518,11 +518,11 @@ def _run_joint_nuts(model, data, stat, num_warmup, num_samples, num_chains, seed
                 ppc[f"background_{k}"] = np.asarray(jax.random.poisson(
                     keys[2 * k - 1], rate, shape=rate.shape), dtype=float)
     idata = _inference_data(mcmc, ppc)
-    _check_diagnostics(idata, model.free_names)
+    _check_diagnostics(idata, model.free_names, stacklevel=4)  # user -> run_nuts -> here
     return idata
 
 
-def _check_diagnostics(idata, free_names):
+def _check_diagnostics(idata, free_names, stacklevel=3):
     diagnostics = nuts_diagnostics(idata, free_names)
     for key, value in diagnostics.items():
         if key != "problems":
@@ -530,19 +530,20 @@ def _check_diagnostics(idata, free_names):
     if diagnostics["problems"]:
         warnings.warn(f"NUTS did not converge well: {'; '.join(diagnostics['problems'])}; run "
                       "longer (num_warmup, num_samples), more chains, or reparametrise/freeze "
-                      "degenerate parameters", NutsDiagnosticsWarning, stacklevel=3)
+                      "degenerate parameters", NutsDiagnosticsWarning, stacklevel=stacklevel)
 
 
-def posterior_flux(idata, model, e_min=2.0, e_max=10.0, kind="energy", n_bins=512):
-    """Band flux for every posterior draw: array (chain, draw) in erg/cm^2/s (or photons)."""
+def posterior_flux(idata, model, e_min=2.0, e_max=10.0, kind="energy", n_bins=512, *,
+                   dataset=1, component=None):
+    """Band flux for every posterior draw: array (chain, draw) in erg/cm^2/s (or photons).
+
+    ``model`` a Model or JointModel (then the flux of data set ``dataset``'s source model);
+    ``component`` a sub-expression of component labels (e.g. the unabsorbed ``powerlaw``)."""
     posterior = idata.posterior
     free = [p.name for p in model.parameters if p.is_free]
     stacked = np.stack([np.asarray(posterior[n]) for n in free], axis=-1)
     shape = stacked.shape[:-1]
-    flat = jnp.asarray(stacked.reshape(-1, len(free)))
-    fn = energy_flux if kind == "energy" else photon_flux
-
-    def one(row):
-        return fn(model, dict(zip(free, row)), e_min, e_max, n_bins)
-
-    return np.asarray(jax.jit(jax.vmap(one))(flat)).reshape(shape)
+    flat = stacked.reshape(-1, len(free))
+    values = draw_fluxes(model, {n: flat[:, i] for i, n in enumerate(free)}, e_min, e_max,
+                         kind=kind, dataset=dataset, component=component, n_bins=n_bins)
+    return values.reshape(shape)
