@@ -14,10 +14,23 @@ Compilation cache
     folder).  It is bounded (``MAX_CACHE_BYTES``, least recently used entries go first).
     Turn it off with ``BKGJAX_CACHE_DIR=off`` (or ``none``, ``0``, ``false``, or an empty
     value); a ``JAX_COMPILATION_CACHE_DIR`` set by the user is left alone.
+
+One-shot compilation
+    A command-line process fits once and exits, so the seconds XLA spends optimising a fit's
+    machine code on its first compilation never pay back (the optimised fit runs ~2 ms
+    faster).  Inside :func:`one_shot_compilation` (the ``bkgjax`` command enters it), the fits
+    that go through :mod:`bkgjax.fit.export_cache` are compiled with
+    :data:`ONE_SHOT_COMPILER_OPTIONS` on the CPU: 3x less compilation time, results equal to
+    the default compilation's to ~1e-14 relative (no fused multiply-adds: other rounding; up
+    to 1e-12 on a profile bound that ends at a parameter limit), and their compiled
+    executables are kept on disk (:mod:`bkgjax.fit.export_cache`).  Library calls outside it
+    keep the default compilation.  ``BKGJAX_ONE_SHOT=off`` turns it off (numbers then
+    bit-identical to the library's).
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import os
 import platform
@@ -25,7 +38,8 @@ import sys
 import warnings
 from collections.abc import Mapping, MutableMapping
 
-__all__ = ["MAX_CACHE_BYTES", "compilation_cache_dir", "configure_jax"]
+__all__ = ["MAX_CACHE_BYTES", "ONE_SHOT_COMPILER_OPTIONS", "compilation_cache_dir",
+           "configure_jax", "one_shot_compilation", "one_shot_compiler_options"]
 
 #: Upper bound of the on-disk compilation cache (JAX evicts least recently used entries).
 MAX_CACHE_BYTES = 2 * 1024**3
@@ -106,3 +120,35 @@ def configure_jax(environ: MutableMapping[str, str] = os.environ) -> str | None:
             else:
                 environ.setdefault(env, str(value))
     return cache
+
+
+#: XLA options of a one-shot (command-line) fit on the CPU: no LLVM optimisation of the
+#: generated code and XLA's classic loop emitters instead of the (slower to compile) fusion
+#: emitters.  For the DG Tau power law with profile bounds: 1.9 s instead of 5.5 s of
+#: compilation, 7 ms instead of 3 ms per fit, the same numbers to 1.4e-14 (Vela X-1 FPMA+FPMB
+#: joint fit: 2.6e-13).
+ONE_SHOT_COMPILER_OPTIONS = {"xla_backend_optimization_level": 0,
+                             "xla_cpu_use_fusion_emitters": False}
+_one_shot_depth = 0
+
+
+@contextlib.contextmanager
+def one_shot_compilation(environ: Mapping[str, str] = os.environ):
+    """Within this block the exported fits are compiled for a process that runs them once
+    (:data:`ONE_SHOT_COMPILER_OPTIONS`; module docstring); ``BKGJAX_ONE_SHOT=off`` makes it a
+    no-op.  Nests; the previous mode is back on leaving."""
+    global _one_shot_depth
+    on = environ.get("BKGJAX_ONE_SHOT", "on").strip().lower() not in _OFF
+    _one_shot_depth += on
+    try:
+        yield
+    finally:
+        _one_shot_depth -= on
+
+
+def one_shot_compiler_options(backend: str) -> dict | None:
+    """The XLA options for a fit compiled now on ``backend`` ('cpu', 'gpu', ...): the
+    one-shot options inside :func:`one_shot_compilation` on the CPU, else None (default)."""
+    if _one_shot_depth > 0 and backend == "cpu":
+        return dict(ONE_SHOT_COMPILER_OPTIONS)
+    return None

@@ -202,8 +202,9 @@ def _fit_spectrum(args) -> int:
     fit_data = datasets if joint else datasets[0]
     model = guess_norms(model, fit_data, keep=given)
     for pha, data in zip(args.pha, datasets):
-        print(f"{pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.sum(data.counts))} counts"
-              + (f", background {int(np.sum(data.background_counts))} counts"
+        # np.asarray first: np.sum of a JAX array runs (and compiles) jnp.sum
+        print(f"{pha}: {data.n_bins} bins in {lo}-{hi} keV, {int(np.asarray(data.counts).sum())} counts"
+              + (f", background {int(np.asarray(data.background_counts).sum())} counts"
                  if data.has_background else ""))
         if data.has_background and args.stat.startswith("chi2") and background_model is None:
             print(f"{pha}: --stat {args.stat} fits the background-subtracted counts (as XSPEC; "
@@ -420,4 +421,4 @@ def register(sub) -> None:
     fs.add_argument("--starts", type=int, default=1, help="multistart: number of starts")
     fs.add_argument("--json", default=None, help="write the result as JSON here")
 
-    fs.set_defaults(func=_fit_spectrum)
+    fs.set_defaults(func=_fit_spectrum, one_shot=True)

@@ -28,7 +28,6 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 import numpy as np
-from scipy.special import chdtri
 
 from ..io.jsonio import json_safe
 from ..spectral.model import Model
@@ -40,7 +39,7 @@ from .dataset import (
     statistic_per_bin,
     total_statistic_of_theta,
 )
-from .export_cache import exported_call
+from .export_cache import exported_call, prng_key
 from .joint import (
     BKG_PREFIX,
     as_joint,
@@ -71,6 +70,8 @@ def delta_stat(level: float, n_interest: int = 1) -> float:
     """Statistic increase for a confidence ``level`` (0.9 -> 2.7055 for one parameter)."""
     if not 0.0 < level < 1.0:
         raise ValueError(f"confidence level must be in (0, 1), got {level}")
+    from scipy.special import chdtri  # here: a fit loaded from the export cache never needs it
+
     return float(chdtri(n_interest, 1.0 - level))  # the chi2 quantile (scipy.stats is slow to import)
 
 
@@ -183,11 +184,14 @@ def guess_norms(model, data, *, keep=()):
              if p.is_free and p.short_name == "norm" and p.name not in keep]
     if not norms:
         return model
-    predicted = float(_total_predicted(jnp.asarray(list(model.resolve({}).values())), data,
-                                       structure=model.structure))
-    observed = float(jnp.sum(data.counts))
+    # host (NumPy) arithmetic: each eager jnp op costs a new process an XLA compilation
+    theta = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
+    predicted = float(exported_call(_total_predicted, "bkgjax.fit.core._total_predicted",
+                                    {"structure": model.structure}, theta, data))
+    observed = float(np.sum(np.asarray(data.counts)))
     if data.has_background:
-        observed -= float(jnp.sum(data.background_counts / data.background_ratio))
+        observed -= float(np.sum(np.asarray(data.background_counts)
+                                 / np.asarray(data.background_ratio)))
     if not (predicted > 0 and observed > 0):
         return model
     scale = observed / predicted
@@ -211,16 +215,18 @@ def _joint_totals(theta, datasets, *, structure):
 
 def _guess_joint_norms(original, data, keep):
     model, datasets = as_joint(original, data)
-    theta = jnp.asarray(list(model.resolve({}).values()))
-    totals = [(float(a), float(b)) for a, b in _joint_totals(theta, datasets,
-                                                              structure=model.structure)]
+    theta = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
+    totals = [(float(a), float(b)) for a, b in exported_call(
+        _joint_totals, "bkgjax.fit.core._joint_totals", {"structure": model.structure},
+        theta, datasets)]
     net, bkg = [], []
     for d in datasets:
-        counts = float(jnp.sum(d.counts))
-        background = (float(jnp.sum(d.background_counts / d.background_ratio))
+        counts = float(np.sum(np.asarray(d.counts)))  # host sums: no eager XLA kernels
+        background = (float(np.sum(np.asarray(d.background_counts)
+                                   / np.asarray(d.background_ratio)))
                       if d.has_background else 0.0)
         net.append(counts - background)
-        bkg.append(float(jnp.sum(d.background_counts)) if d.has_background else 0.0)
+        bkg.append(float(np.sum(np.asarray(d.background_counts))) if d.has_background else 0.0)
     updated = model
     for p in model.parameters:
         base, _, k = p.name.partition("@")
@@ -355,6 +361,23 @@ def _fit_joint_many(theta_all, lower, upper, start_keys, datasets, counts, backg
     return jax.vmap(one)(start_keys, counts, background_counts)
 
 
+def _start(model, n_bins, where):
+    """(free names, their indices, start values inside the limits, lower, upper limits)."""
+    free_names = model.free_names
+    if not free_names:
+        raise ValueError(f"model {model} has no free parameter")
+    _check_dof(len(free_names), n_bins, where)
+    names = model.names
+    free_idx = tuple(names.index(n) for n in free_names)
+    theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
+    lower = np.asarray([p.min for p in model.parameters], dtype=np.float64)
+    upper = np.asarray([p.max for p in model.parameters], dtype=np.float64)
+    theta_all = start_inside_limits(theta_all, lower, upper, free_idx)
+    # device_put, not jnp.asarray: the same arrays without a small XLA compilation
+    return (free_names, free_idx, jax.device_put(theta_all), jax.device_put(lower),
+            jax.device_put(upper))
+
+
 def _check_dof(n_free, n_bins, where):
     """More free parameters than bins cannot be fitted (the minimum is not unique)."""
     if n_free > n_bins:
@@ -383,18 +406,7 @@ def _prepare(model: Model, data: SpectralData, stat: str):
         raise ValueError(f"{data.name}: chi2datavar needs counts > 0 in every bin "
                          f"({int(np.sum(np.asarray(data.counts) == 0))} empty); group the "
                          "spectrum (grouping='min-counts:N'), or use chi2 (Gehrels) or cstat")
-    free_names = model.free_names
-    if not free_names:
-        raise ValueError(f"model {model} has no free parameter")
-    _check_dof(len(free_names), data.n_bins, data.name)
-    names = model.names
-    free_idx = tuple(names.index(n) for n in free_names)
-    theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
-    lower = np.asarray([p.min for p in model.parameters], dtype=np.float64)
-    upper = np.asarray([p.max for p in model.parameters], dtype=np.float64)
-    theta_all = start_inside_limits(theta_all, lower, upper, free_idx)
-    return (free_names, free_idx, jnp.asarray(theta_all), jnp.asarray(lower),
-            jnp.asarray(upper))
+    return _start(model, data.n_bins, data.name)
 
 
 #: A start closer to a limit than this fraction of the limit's scale (the range, or the
@@ -611,7 +623,7 @@ def fit(model, data, stat: str = "cstat", *, errors: str = "profile", level: flo
     out = exported_call(_fit_one, "bkgjax.fit.core._fit_one",
                         {"structure": model.structure, "free_idx": free_idx, "stat": stat,
                          "options": options},
-                        theta_all, lower, upper, jax.random.PRNGKey(seed), data)
+                        theta_all, lower, upper, prng_key(seed), data)
     out = jax.tree_util.tree_map(np.asarray, out)
     return _make_result(model, data.n_bins, stat, free_names, out, options)
 
@@ -619,18 +631,7 @@ def fit(model, data, stat: str = "cstat", *, errors: str = "profile", level: flo
 def _prepare_joint(model, data, stat):
     model, datasets = as_joint(model, data)
     check_joint(model, datasets, stat)
-    free_names = model.free_names
-    if not free_names:
-        raise ValueError(f"model {model} has no free parameter")
-    _check_dof(len(free_names), n_bins_of(model, datasets), "the data sets")
-    names = model.names
-    free_idx = tuple(names.index(n) for n in free_names)
-    theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
-    lower = np.asarray([p.min for p in model.parameters], dtype=np.float64)
-    upper = np.asarray([p.max for p in model.parameters], dtype=np.float64)
-    theta_all = start_inside_limits(theta_all, lower, upper, free_idx)
-    return (model, datasets, free_names, free_idx, jnp.asarray(theta_all), jnp.asarray(lower),
-            jnp.asarray(upper))
+    return (model, datasets) + _start(model, n_bins_of(model, datasets), "the data sets")
 
 
 def _fit_joint(model, data, stat, options, seed) -> FitResult:
@@ -642,7 +643,7 @@ def _fit_joint(model, data, stat, options, seed) -> FitResult:
     out = exported_call(_fit_joint_one, "bkgjax.fit.core._fit_joint_one",
                         {"structure": model.structure, "free_idx": free_idx, "stat": stat,
                          "options": options},
-                        theta_all, lower, upper, jax.random.PRNGKey(seed), datasets)
+                        theta_all, lower, upper, prng_key(seed), datasets)
     out = jax.tree_util.tree_map(np.asarray, out)
     return _make_result(model, n_bins_of(model, datasets), stat, free_names, out, options)
 

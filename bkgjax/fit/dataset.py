@@ -156,22 +156,23 @@ class SpectralData:
         if bin_lo is None:
             bin_lo = np.arange(counts.shape[-1], dtype=np.float64)
             bin_hi = bin_lo + 1.0
+        device = _to_device  # jnp.asarray's values without its small XLA compilation per shape
         return cls(
-            counts=jnp.asarray(counts),
-            exposure=jnp.asarray(exposure),
-            areascal=jnp.asarray(areascal),
-            matrix=jnp.asarray(matrix),
-            e_lo=jnp.asarray(e_lo),
-            e_hi=jnp.asarray(e_hi),
-            bin_lo=jnp.asarray(bin_lo, dtype=jnp.float64),
-            bin_hi=jnp.asarray(bin_hi, dtype=jnp.float64),
-            background_counts=None if background_counts is None else jnp.asarray(background_counts),
-            background_ratio=None if background_ratio is None else jnp.asarray(background_ratio),
+            counts=device(counts),
+            exposure=device(exposure),
+            areascal=device(areascal),
+            matrix=device(matrix),
+            e_lo=device(e_lo),
+            e_hi=device(e_hi),
+            bin_lo=device(bin_lo, np.float64),
+            bin_hi=device(bin_hi, np.float64),
+            background_counts=None if background_counts is None else device(background_counts),
+            background_ratio=None if background_ratio is None else device(background_ratio),
             background_exposure=None if background_exposure is None
-            else jnp.asarray(background_exposure),
+            else device(background_exposure),
             background_areascal=None if background_exposure is None
-            else jnp.asarray(background_areascal),
-            background_error=None if background_error is None else jnp.asarray(background_error),
+            else device(background_areascal),
+            background_error=None if background_error is None else device(background_error),
             name=name,
         )
 
@@ -212,10 +213,12 @@ class SpectralData:
         channels = np.nonzero(good)[0]
         grouping_matrix = np.zeros((n_chan, kept.size))
         grouping_matrix[channels, np.searchsorted(kept, groups[channels])] = 1.0
-        response = rmf.dense()
+        # the used channels only: the other rows of the grouping matrix are zero (a NuSTAR RMF
+        # is 4096 x 4096; the full product took 0.35 s of a 3-20 keV fit's start)
+        response = rmf.dense(columns=channels)
         if arf is not None:
             response = response * np.asarray(arf.specresp)[:, None]
-        grouped = response @ grouping_matrix
+        grouped = response @ grouping_matrix[channels]
         rows = np.nonzero(np.any(grouped > 0, axis=1))[0]
         if rows.size == 0:
             raise ValueError(f"{name}: the response has no non-zero entry in the noticed channels")
@@ -304,6 +307,15 @@ def _unflatten(label, children):
 # The arrays are the leaves; ``name`` (the file path) is metadata held by a _Label, so fitting
 # another file of the same shapes reuses the compiled fit instead of recompiling for the name.
 jax.tree_util.register_pytree_with_keys(SpectralData, _flatten_with_keys, _unflatten, _flatten)
+
+
+def _to_device(value, dtype=None):
+    """``jnp.asarray(value, dtype)`` of a NumPy array or a Python float (the same dtype and weak
+    type) placed with :func:`jax.device_put`: ``jnp.asarray`` compiles a small XLA kernel for
+    every new shape, which a new process pays for each array of a data set."""
+    if isinstance(value, (bool, int, float, complex)) and dtype is None:  # Python scalar: weak type
+        return jax.device_put(value)
+    return jax.device_put(np.asarray(value, dtype=dtype))
 
 
 def _group_mean(values, grouping_matrix):

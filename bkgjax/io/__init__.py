@@ -9,6 +9,9 @@ reader uses;
 (evaluated by :mod:`bkgjax.spectral.xspec_terms`); :mod:`bkgjax.io.errors` the exceptions.
 Mission file formats (event lists, CALDB pieces, tables) are read by the mission packages
 under :mod:`bkgjax.missions`.  Nothing in this package evaluates a model.
+
+Reading a spectrum imports no astropy (:mod:`bkgjax.io.fastfits`, astropy being the fallback);
+the writers, which need it, are imported when first used.
 """
 
 from .errors import BkgjaxIOError, MissingFileError
@@ -22,8 +25,17 @@ from .ogip import (
     read_pha,
 )
 from .response import ARF, RMF, read_arf, read_rmf
-from .writers import write_arf, write_pha, write_rmf
 from .xspec_model import XspecModel, XspecParameter, read_xspec_model
+
+_WRITERS = ("write_arf", "write_pha", "write_rmf")
+
+
+def __getattr__(name):  # the writers (astropy) on first use
+    if name in _WRITERS:
+        from . import writers
+
+        return getattr(writers, name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
 
 __all__ = [
     "BkgjaxIOError",

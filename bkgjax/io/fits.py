@@ -3,21 +3,29 @@
 Paths are resolved with the ``.gz`` variant tried too, files are opened with a
 :class:`~bkgjax.io.errors.BkgjaxIOError` naming the file on failure, and labels name the
 file and HDU in every message.  Nothing here evaluates a model.
+
+:func:`open_fits` opens a file with astropy; :func:`open_table_file` (the OGIP readers) reads
+it with :mod:`bkgjax.io.fastfits` when it can and with astropy otherwise, so that reading a
+spectrum does not import astropy (~0.3 s).  astropy is imported when it is needed.
 """
 
 from __future__ import annotations
 
 import math
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
+from . import fastfits
 from .errors import BkgjaxIOError, MissingFileError
 
-__all__ = ["column_names", "find_extension", "hdu_label", "header_keyword", "open_fits", "path_candidates",
-           "positive_seconds", "readonly", "resolve_input_path"]
+if TYPE_CHECKING:
+    from astropy.io import fits
+
+__all__ = ["column_names", "find_extension", "hdu_label", "header_keyword", "is_bintable",
+           "open_fits", "open_table_file", "path_candidates", "positive_seconds", "readonly",
+           "resolve_input_path"]
 
 
 def readonly(a: np.ndarray) -> np.ndarray:
@@ -52,10 +60,32 @@ def resolve_input_path(path: Any) -> str:
 
 
 def open_fits(fname: str) -> fits.HDUList:
+    from astropy.io import fits
+
     try:
         return fits.open(fname, memmap=False)
     except Exception as exc:  # astropy raises OSError / ValueError / TypeError
         raise BkgjaxIOError(f"{fname}: cannot be read as a FITS file: {exc}") from exc
+
+
+def open_table_file(fname: str):
+    """The HDUs of ``fname`` read by :mod:`bkgjax.io.fastfits` (no astropy import), or by
+    astropy (:func:`open_fits`) when the file uses a feature that reader leaves to astropy.
+    Either is a context manager; tell binary tables with :func:`is_bintable`."""
+    try:
+        return fastfits.open_tables(fname)
+    except (fastfits.Unsupported, OSError, ValueError, TypeError, IndexError, OverflowError):
+        return open_fits(fname)  # astropy reads it, or says why not
+
+
+def is_bintable(hdu) -> bool:
+    """True for a binary-table HDU (astropy's ``BinTableHDU`` or a :mod:`fastfits` one)."""
+    flag = getattr(hdu, "is_bintable", None)
+    if flag is not None:
+        return bool(flag)
+    from astropy.io import fits
+
+    return isinstance(hdu, fits.BinTableHDU)
 
 
 def column_names(hdu: fits.BinTableHDU) -> dict[str, str]:
@@ -64,13 +94,13 @@ def column_names(hdu: fits.BinTableHDU) -> dict[str, str]:
 
 def find_extension(hdul: fits.HDUList, name: str) -> int | None:
     for i, h in enumerate(hdul):
-        if i == 0 or not isinstance(h, fits.BinTableHDU):
+        if i == 0 or not is_bintable(h):
             continue
         ext = str(h.header.get("EXTNAME", "")).strip().upper()
         if ext == name:
             return i
     for i, h in enumerate(hdul):
-        if i and isinstance(h, fits.BinTableHDU) and str(h.header.get("HDUCLAS1", "")).strip().upper() == name:
+        if i and is_bintable(h) and str(h.header.get("HDUCLAS1", "")).strip().upper() == name:
             return i
     return None
 

@@ -6,13 +6,15 @@ Each converter names the file, HDU and keyword in its error (``where``).
 from __future__ import annotations
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from .errors import BkgjaxIOError
 from .fits import readonly
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = ["ENERGY_UNITS", "as_bool", "as_exposure", "as_int_array", "as_name", "as_positive_scale", "as_str", "check_finite", "check_grouping", "common_keys", "energy_factor", "is_none_value", "label", "primary_hdu", "write_hdulist"]
 
@@ -129,6 +131,8 @@ def check_finite(a: np.ndarray, where: str, name: str) -> np.ndarray:
 
 
 def primary_hdu(creator: str = "bkgjax") -> fits.PrimaryHDU:
+    from astropy.io import fits  # the writers only: reading needs no astropy
+
     p = fits.PrimaryHDU()
     p.header["CREATOR"] = (creator, "software that wrote this file")
     return p

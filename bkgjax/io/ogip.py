@@ -2,7 +2,8 @@
 (:func:`load_spectrum`, following BACKFILE/RESPFILE/ANCRFILE), grouping and channel filters.
 
 Responses are read by :mod:`bkgjax.io.response`, files written by :mod:`bkgjax.io.writers`.
-Everything here is plain NumPy + :mod:`astropy.io.fits`, and everything returned is an
+Everything here is plain NumPy (files read by :mod:`bkgjax.io.fastfits`, or by
+:mod:`astropy.io.fits` when that reader leaves a file to it), and everything returned is an
 immutable dataclass holding read-only NumPy arrays.
 
 Formats follow the OGIP memos:
@@ -24,13 +25,20 @@ import re
 import warnings
 from dataclasses import dataclass, field
 from types import MappingProxyType
-from typing import Any, Mapping
+from typing import TYPE_CHECKING, Any, Mapping
 
 import numpy as np
-from astropy.io import fits
 
 from .errors import BkgjaxIOError, MissingFileError
-from .fits import column_names, hdu_label, open_fits, path_candidates, readonly, resolve_input_path
+from .fits import (
+    column_names,
+    hdu_label,
+    is_bintable,
+    open_table_file,
+    path_candidates,
+    readonly,
+    resolve_input_path,
+)
 from .keywords import (
     as_bool,
     as_exposure,
@@ -43,6 +51,9 @@ from .keywords import (
     label,
 )
 from .response import ARF, RMF, read_arf, read_rmf
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = ["PHA", "SpectrumFiles", "channel_overlap_mask", "check_compatible", "group_index", "load_spectrum", "read_pha"]
 
@@ -207,11 +218,11 @@ def _select_spectrum_hdu(hdul: fits.HDUList, hdu: Any, fname: str) -> int:
             idx = hdul.index_of(hdu)
         except (KeyError, IndexError, ValueError, TypeError) as exc:
             raise BkgjaxIOError(f"{fname}: no HDU {hdu!r} (file has {len(hdul)} HDUs)") from exc
-        if not isinstance(hdul[idx], fits.BinTableHDU):
+        if not is_bintable(hdul[idx]):
             raise BkgjaxIOError(f"{hdu_label(fname, hdul, idx)}: not a binary table, cannot hold a spectrum")
         return idx
     for i, h in enumerate(hdul):
-        if not isinstance(h, fits.BinTableHDU):
+        if not is_bintable(h):
             continue
         c1 = str(h.header.get("HDUCLAS1", "")).strip().upper()
         ext = str(h.header.get("EXTNAME", "")).strip().upper()
@@ -226,7 +237,7 @@ def _select_spectrum_hdu(hdul: fits.HDUList, hdu: Any, fname: str) -> int:
 def _find_bkg_hdu(hdul: fits.HDUList, exclude: int) -> int | None:
     found = None
     for i, h in enumerate(hdul):
-        if i == exclude or not isinstance(h, fits.BinTableHDU):
+        if i == exclude or not is_bintable(h):
             continue
         if str(h.header.get("HDUCLAS2", "")).strip().upper() == "BKG":
             c1 = str(h.header.get("HDUCLAS1", "")).strip().upper()
@@ -280,7 +291,7 @@ def read_pha(path, *, hdu=None, row=None, spec_num=None) -> PHA:
 
 def _read_pha(path, *, hdu, row, spec_num, strict_row: bool) -> PHA:
     fname = resolve_input_path(path)
-    with open_fits(fname) as hdul:
+    with open_table_file(fname) as hdul:
         idx = _select_spectrum_hdu(hdul, hdu, fname)
         ext = hdul[idx]
         where = hdu_label(fname, hdul, idx)

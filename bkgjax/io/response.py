@@ -6,13 +6,12 @@ from __future__ import annotations
 
 import warnings
 from dataclasses import dataclass
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
-from astropy.io import fits
 
 from .errors import BkgjaxIOError
-from .fits import column_names, hdu_label, open_fits, readonly, resolve_input_path
+from .fits import column_names, hdu_label, is_bintable, open_table_file, readonly, resolve_input_path
 from .keywords import (
     as_int_array,
     as_str,
@@ -20,6 +19,9 @@ from .keywords import (
     energy_factor,
     label,
 )
+
+if TYPE_CHECKING:
+    from astropy.io import fits
 
 __all__ = ["ARF", "RMF", "check_energy_bounds", "energy_columns", "find_table", "read_arf", "read_rmf", "read_specresp_table"]
 
@@ -178,16 +180,32 @@ class RMF:
         """True for an RSP file (HDUCLAS3='FULL': ARF already folded in)."""
         return (self.hduclas3 or "").upper() == "FULL"
 
-    def dense(self) -> np.ndarray:
-        """Dense ``(n_energy, n_channels)`` float64 matrix (a new array on every call)."""
+    def dense(self, columns=None) -> np.ndarray:
+        """Dense ``(n_energy, n_channels)`` float64 matrix (a new array on every call).
+
+        ``columns`` (0-based channel indices): only those columns, the same values as
+        ``dense()[:, columns]`` without building the full matrix (a NuSTAR RMF is 4096 x 4096
+        = 134 MB, of which a 3-20 keV fit needs a tenth)."""
         n_e, n_c = self.n_energy, self.n_channels
-        flat = np.bincount(self.rows * n_c + self.cols, weights=self.values, minlength=n_e * n_c)
-        return flat.reshape(n_e, n_c)
+        if columns is None:
+            flat = np.bincount(self.rows * n_c + self.cols, weights=self.values,
+                               minlength=n_e * n_c)
+            return flat.reshape(n_e, n_c)
+        columns = np.asarray(columns, dtype=np.int64)
+        position = np.full(n_c, -1, dtype=np.int64)
+        position[columns] = np.arange(columns.size)
+        keep = position[self.cols] >= 0
+        out = np.bincount(self.rows[keep] * columns.size + position[self.cols[keep]],
+                          weights=self.values[keep], minlength=n_e * columns.size)
+        out = out.reshape(n_e, columns.size)
+        if np.unique(columns).size != columns.size:  # repeated columns: copies of the first
+            out = out[:, position[columns]]
+        return out
 
 
 def find_table(hdul: fits.HDUList, names: tuple[str, ...], hduclas2: tuple[str, ...]) -> int | None:
     for i, h in enumerate(hdul):
-        if not isinstance(h, fits.BinTableHDU):
+        if not is_bintable(h):
             continue
         ext = str(h.header.get("EXTNAME", "")).strip().upper()
         c2 = str(h.header.get("HDUCLAS2", "")).strip().upper()
@@ -238,7 +256,7 @@ def read_specresp_table(path):
     """(file name, HDU label, ENERG_LO, ENERG_HI keV, SPECRESP) of an ARF-like file, unchecked
     grid (shared by :func:`read_arf` and the transmission-curve reader)."""
     fname = resolve_input_path(path)
-    with open_fits(fname) as hdul:
+    with open_table_file(fname) as hdul:
         idx = find_table(hdul, ("SPECRESP",), ("SPECRESP",))
         if idx is None:
             raise BkgjaxIOError(f"{fname}: no SPECRESP extension (EXTNAME or HDUCLAS2 'SPECRESP')")
@@ -329,7 +347,7 @@ def read_rmf(path) -> RMF:
         ``path`` does not exist.
     """
     fname = resolve_input_path(path)
-    with open_fits(fname) as hdul:
+    with open_table_file(fname) as hdul:
         mi = find_table(hdul, ("MATRIX", "SPECRESP MATRIX"), ("RSP_MATRIX",))
         if mi is None:
             raise BkgjaxIOError(
