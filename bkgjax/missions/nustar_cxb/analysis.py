@@ -23,6 +23,10 @@ of named stages, each taking and returning immutable records
 
 from __future__ import annotations
 
+import math
+
+import numpy as np
+
 from bkgjax.missions.nustar_cxb.one_step import one_step_stage
 from bkgjax.missions.nustar_cxb.pixel_model import background_stage, occ_pixel_stage, sci_pixel_stage
 from bkgjax.missions.nustar_cxb.records import AnalysisOptions, AnalysisResult, Campaign
@@ -35,12 +39,37 @@ from bkgjax.missions.nustar_cxb.spectral_stage import (
     soft_component_stage,
 )
 
-__all__ = ["STAGES", "run_analysis"]
+__all__ = ["STAGES", "check_campaign", "run_analysis"]
 
 #: Progress labels, in the order :func:`run_analysis` reports them.
 STAGES = ("flat background maps (OCC 10-20 keV)", "pixel model, SCI", "pixel model, OCC",
           "soft component (OCC spectra)", "spectral fits (Table 4)", "one-step model",
           "combined flux, average spectrum")
+
+
+def check_campaign(campaign: Campaign) -> None:
+    """ValueError, naming the module and the problem, for a campaign the method cannot fit:
+    fewer than 3 bands, band counts that do not match the bands, a non-positive exposure, or an
+    SCI band without a single count (its aperture flux would be undefined).  Everything else
+    that is merely degenerate (no soft component, dead chips, shallow OCC data) is handled by
+    the stages and reported in results.json."""
+    n_bands = len(np.atleast_1d(campaign.e_lo))
+    if n_bands < 3:
+        raise ValueError(f"{n_bands} energy band(s): the spectral stage needs >= 3 (n_bands)")
+    if not campaign.modules:
+        raise ValueError("the campaign has no modules")
+    for mod in campaign.modules:
+        counts = np.asarray(mod.sci_counts)
+        if counts.shape != (n_bands, 4, 32, 32):
+            raise ValueError(f"{mod.label}: SCI counts have shape {counts.shape}, expected "
+                             f"{(n_bands, 4, 32, 32)} for {n_bands} bands")
+        if not (math.isfinite(mod.sci_exposure) and mod.sci_exposure > 0):
+            raise ValueError(f"{mod.label}: SCI exposure must be > 0 s (got {mod.sci_exposure})")
+        empty = np.flatnonzero(counts.reshape(n_bands, -1).sum(axis=1) == 0)
+        if empty.size:
+            names = ", ".join(f"{campaign.e_lo[b]:.2f}-{campaign.e_hi[b]:.2f} keV" for b in empty)
+            raise ValueError(f"{mod.label} SCI: band(s) {names} have no counts; use fewer or "
+                             "wider bands (n_bands, e_min, e_max) or a longer exposure")
 
 
 def run_analysis(campaign: Campaign, options: AnalysisOptions | None = None, *,
@@ -50,8 +79,10 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions | None = None, *,
     the stage records behind it in the other fields); ``options`` default to
     :class:`~bkgjax.missions.nustar_cxb.records.AnalysisOptions` ``()``.  ``progress`` is an optional callable
     ``progress(stage_name)`` called with each of :data:`STAGES` as it completes (the CLI passes a
-    tqdm updater)."""
+    tqdm updater).  A campaign the method cannot fit raises ValueError
+    (:func:`check_campaign`)."""
     options = AnalysisOptions() if options is None else options
+    check_campaign(campaign)
     tick = progress or (lambda name: None)
     bands = band_grid(campaign.e_lo, campaign.e_hi)
 
@@ -63,7 +94,7 @@ def run_analysis(campaign: Campaign, options: AnalysisOptions | None = None, *,
     tick(STAGES[2])
 
     responses = module_responses(campaign, backgrounds, bands)
-    soft = soft_component_stage(campaign, occ_bands, responses, bands, options)
+    soft = soft_component_stage(campaign, occ_bands, responses, bands, options, backgrounds)
     tick(STAGES[3])
     spectra = sci_spectral_stage(campaign, backgrounds, sci_bands, responses, soft, bands, options)
     crossnorm = crossnorm_stage(spectra, soft, bands, options)

@@ -3,7 +3,6 @@ and ``bkgjax nustar-cxb CONFIG.toml --out DIR`` (the same pipeline on the user's
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 import time
@@ -30,29 +29,46 @@ def print_table4(payload):
                 line += " | " + " " * 33
                 continue
             f = e["flux_3_20"]
-            half = 0.5 * (f["upper90"] - f["lower90"])
-            line += (f" | {f['value'] / 1e-11:7.3f} +- {half / 1e-11:5.3f} {e['snr_90']:5.0f}"
-                     f" {e['chi2']:5.1f}/{e['dof']:<3d}")
+            half = (None if f["upper90"] is None or f["lower90"] is None
+                    else 0.5 * (f["upper90"] - f["lower90"]))
+            line += (f" | {_num(f['value'], 1e-11, '7.3f')} +- {_num(half, 1e-11, '5.3f')}"
+                     f" {_num(e['snr_90'], 1.0, '5.0f')}"
+                     f" {_num(e['chi2'], 1.0, '5.1f')}/{e['dof']:<3d}")
         print(line)
     comb = payload["combined"]
     f = comb["flux_3_20"]
     print("-" * len(head))
-    per = "  ".join(f"{fpm}: {row['value'] / 1e-11:.3f} +- {row['err1sigma'] / 1e-11:.3f}"
+    per = "  ".join(f"{fpm}: {_num(row['value'], 1e-11, '.3f')} +- "
+                    f"{_num(row['err1sigma'], 1e-11, '.3f')}"
                     for fpm, row in comb["per_fpm"].items())
-    print(f"weighted mean (1e-11, 1 sigma): {f['value'] / 1e-11:.3f} +- "
-          f"{f['err1sigma'] / 1e-11:.3f}   [{per}]")
+    print(f"weighted mean (1e-11, 1 sigma): {_num(f['value'], 1e-11, '.3f')} +- "
+          f"{_num(f['err1sigma'], 1e-11, '.3f')}   [{per}]")
     print("S/N = flux / 90 % half-width (the paper's convention, section 5.1; results.json "
           "also has flux / 1 sigma)")
-    print(f"rms scatter {100 * comb['rms_scatter_frac']:.1f} % vs statistical error "
-          f"{100 * comb['stat_err_frac']:.1f} % (combined); cosmic variance eq. (4): "
+    print(f"rms scatter {_num(comb['rms_scatter_frac'], 0.01, '.1f')} % vs statistical error "
+          f"{_num(comb['stat_err_frac'], 0.01, '.1f')} % (combined); cosmic variance eq. (4): "
           f"{100 * comb['cosmic_variance_frac']:.1f} %")
+    undetected = [name for name, c in payload.get("soft_component", {}).items()
+                  if c.get("detected") is False]
+    if undetected:
+        print("soft component not detected in the OCC data of: " + ", ".join(undetected)
+              + " (default shape, 90 % upper limits in results.json)")
+
+
+def _num(value, unit, fmt):
+    """``value / unit`` formatted with ``fmt``, or "n/a" (right-aligned) for an undefined one."""
+    if value is None:
+        width = "".join(ch for ch in fmt.split(".")[0] if ch.isdigit())
+        return f"{'n/a':>{width or 1}s}"
+    return format(value / unit, fmt)
 
 
 def _write_json(path, payload):
-    """``payload`` as indented JSON with one trailing newline."""
-    with open(path, "w") as fh:
-        json.dump(payload, fh, indent=2)
-        fh.write("\n")
+    """``payload`` as indented strict JSON (NaN / infinity written as null) with one trailing
+    newline."""
+    from bkgjax.io.jsonio import write_json
+
+    write_json(path, payload)
 
 
 def run_pipeline(config, out, overrides, *, quiet=False):
@@ -102,7 +118,8 @@ def _nustar_cxb(args) -> int:
     t0 = time.perf_counter()
     try:
         payload, json_path, figures = run_pipeline(args.config, args.out, overrides)
-    except (ConfigError, BkgjaxIOError, FileNotFoundError) as err:
+    except (ConfigError, BkgjaxIOError, FileNotFoundError, ValueError) as err:
+        # ValueError: a campaign the method cannot fit (run_analysis names the problem)
         print(f"error: {err}", file=sys.stderr)
         return 2
     print_table4(payload)
@@ -132,13 +149,14 @@ def _demo(args) -> int:
     payload, json_path, figures = run_pipeline(config, out, overrides)
     print()
     print_table4(payload)
-    values = np.array([d["flux_3_20"]["value"] for d in payload["datasets"]])
+    defined = [d for d in payload["datasets"] if d["flux_3_20"]["lower90"] is not None]
+    values = np.array([d["flux_3_20"]["value"] for d in defined])
     covered = np.mean([(d["flux_3_20"]["lower90"] <= truth.cxb_flux_3_20 <= d["flux_3_20"]["upper90"])
-                       for d in payload["datasets"]])
+                       for d in defined])
     print(f"\ninjected {truth.cxb_flux_3_20 / 1e-11:.3f}: mean recovered "
           f"{values.mean() / 1e-11:.3f}; {100 * covered:.0f} % of the 90 % intervals cover it")
     one = [d["one_step_flux_3_20"]["value"] / d["flux_3_20"]["value"] - 1
-           for d in payload["datasets"]]
+           for d in defined if d["one_step_flux_3_20"] is not None]
     print(f"one-step model vs two-step flux: mean difference {100 * np.mean(one):+.2f} % "
           f"(max |{100 * np.max(np.abs(one)):.2f}| %)")
     print(f"wrote {json_path} and {len(figures)} figures in {out} "

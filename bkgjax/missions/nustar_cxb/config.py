@@ -109,7 +109,10 @@ def options_from_config(analysis: dict, path="<config>", **overrides) -> Analysi
     values.update({k: v for k, v in overrides.items() if v is not None})
     if "soft_shape_default" in values:
         values["soft_shape_default"] = tuple(values["soft_shape_default"])
-    return AnalysisOptions(**values)
+    try:
+        return AnalysisOptions(**values)
+    except (TypeError, ValueError) as exc:
+        raise ConfigError(f"{path}: [analysis] / command-line options: {exc}") from exc
 
 
 def _bin_files(files, fpm_expected, e_lo, e_hi, name, kind, progress):

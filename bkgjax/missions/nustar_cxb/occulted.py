@@ -148,6 +148,15 @@ def _significance(ts, n_apt):
     return z, p, log10_p, sigma
 
 
+def _relative(values):
+    """``values / mean(values)`` as a list (NaN where the mean is 0 or undefined)."""
+    values = np.asarray(values, float)
+    mean = float(values.mean())
+    if not (math.isfinite(mean) and mean != 0.0):
+        return [float("nan")] * values.size
+    return (values / mean).tolist()
+
+
 def analyse_occulted_image(counts, fpm, *, band=(1.6, 10.0), mask_chip_edges=False, n_sims=200,
                            seed=0, key=None) -> dict:
     """Aperture component and goodness of fit of the pixel model on one OCC image.
@@ -171,6 +180,8 @@ def analyse_occulted_image(counts, fpm, *, band=(1.6, 10.0), mask_chip_edges=Fal
     if counts.shape != (4, 32, 32):
         raise ValueError(f"counts must have shape (4, 32, 32), got {counts.shape}")
     mask = occulted_mask(geometry, counts, mask_chip_edges)
+    if not mask.any():
+        raise ValueError(f"{geometry.fpm} OCC image: no pixel with counts (all dead or masked)")
     templates = occulted_templates(geometry, band)
     c, t, m = jnp.asarray(counts, jnp.float64), jnp.asarray(templates), jnp.asarray(mask)
     res = _lr_jit(c, t, m)
@@ -202,10 +213,10 @@ def analyse_occulted_image(counts, fpm, *, band=(1.6, 10.0), mask_chip_edges=Fal
         "aperture_fraction": float(res["aperture_fraction"]),
         "cstat_h1": cstat1,
         "cstat_h0": cstat0,
-        "cstat_per_pixel_h1": cstat1 / n_pix,
-        "cstat_per_pixel_h0": cstat0 / n_pix,
-        "chip_factors_h1": (theta1[:4] / theta1[:4].mean()).tolist(),
-        "chip_factors_h0": (theta0 / theta0.mean()).tolist(),
+        "cstat_per_pixel_h1": cstat1 / n_pix if n_pix > 0 else float("nan"),
+        "cstat_per_pixel_h0": cstat0 / n_pix if n_pix > 0 else float("nan"),
+        "chip_factors_h1": _relative(theta1[:4]),
+        "chip_factors_h0": _relative(theta0),
         "converged": bool(res["converged"]),
         "n_sims": int(n_sims),
     }

@@ -50,6 +50,7 @@ from bkgjax.missions.nustar_cxb.responses import chip_efficiency
 __all__ = [
     "DELTA_90",
     "detect_dead_pixels",
+    "dead_chips",
     "pixel_mask",
     "pixel_templates",
     "fit_all_bands",
@@ -93,13 +94,15 @@ def pixel_mask(geometry, counts_list, mask_chip_edges=False):
     return mask
 
 
-def pixel_templates(geometry, efficiency, exposure, flat=None, rpix=1.0):
+def pixel_templates(geometry, efficiency, exposure, flat=None, rpix=1.0, chips=None):
     r"""Templates of eq. (2) for every band: [n_bands, K, 4, 32, 32].
 
     With ``flat`` (the [4, 32, 32] map :math:`M`): K = 2, coefficients
     :math:`(N_\mathrm{bkg}, N_\mathrm{apt})`.  Without: K = 5, one flat normalisation per chip
-    then :math:`N_\mathrm{apt}`.  Units: :math:`N_\mathrm{bkg}` counts/s/pixel,
-    :math:`N_\mathrm{apt}` photons/s/cm^2/deg^2 (incident, per band).
+    then :math:`N_\mathrm{apt}`; ``chips`` (default all four) limits the free flats to the chips
+    that have fitted pixels (K = len(chips) + 1: a chip whose pixels are all masked would leave
+    its coefficient undetermined and the Hessian singular).  Units: :math:`N_\mathrm{bkg}`
+    counts/s/pixel, :math:`N_\mathrm{apt}` photons/s/cm^2/deg^2 (incident, per band).
     """
     omega = np.asarray(geometry.omega, float)
     aperture = (np.asarray(efficiency)[:, :, None, None] * nustar.PIXEL_AREA_CM2 * rpix
@@ -108,9 +111,10 @@ def pixel_templates(geometry, efficiency, exposure, flat=None, rpix=1.0):
     if flat is not None:
         flat_t = np.broadcast_to(np.asarray(flat, float) * exposure, (n_bands, 4, 32, 32))
         return np.stack([flat_t, aperture], axis=1)
-    chips = np.eye(4)[:, :, None, None] * np.ones((1, 1, 32, 32)) * exposure  # [4(chip),4,32,32]
-    chips = np.broadcast_to(chips, (n_bands, 4, 4, 32, 32))
-    return np.concatenate([chips, aperture[:, None]], axis=1)
+    chips = range(4) if chips is None else chips
+    flats = np.eye(4)[list(chips), :, None, None] * np.ones((1, 1, 32, 32)) * exposure
+    flats = np.broadcast_to(flats, (n_bands,) + flats.shape)  # [nb, n_chips, 4, 32, 32]
+    return np.concatenate([flats, aperture[:, None]], axis=1)
 
 
 _fit_single = jax.jit(fit_templates)
@@ -140,20 +144,37 @@ def flat_from_occultation(geometry, occ_counts_10_20, occ_exposure, mask, rpix=1
     (the occulted data still carry an aperture-shaped backscatter component); the flat
     normalisations divided by their mean are :math:`M`, returned as a [4, 32, 32] map with the
     factors and their covariance (:class:`~bkgjax.missions.nustar_cxb.records.ChipFlat`).
+
+    Only chips with unmasked pixels are fitted (a masked chip keeps the placeholder factor 1
+    with zero variance, and the mean is over the fitted chips).  ValueError when the image is
+    too shallow: a normalisation that is not positive or has no finite error.
     """
+    mask = np.asarray(mask, bool)
+    live = tuple(int(c) for c in range(4) if mask[c].any())
+    if not live:
+        raise ValueError("no unmasked pixels: cannot derive M_bkg")
     e_lo, e_hi = nustar.energy_bands(10.0, 20.0, 1)
     eff = chip_efficiency(geometry, e_lo, e_hi)
-    templates = pixel_templates(geometry, eff, occ_exposure, flat=None, rpix=rpix)[0]
+    templates = pixel_templates(geometry, eff, occ_exposure, flat=None, rpix=rpix, chips=live)[0]
     result = _fit_single(jnp.asarray(occ_counts_10_20, float), jnp.asarray(templates),
                          jnp.asarray(mask))
-    chip_norm = np.asarray(result.theta[:4])
-    if not np.all(chip_norm > 0):
-        raise ValueError(f"OCC 10-20 keV chip normalisations not all positive ({chip_norm}); "
-                         "the occulted data are too shallow to derive M_bkg")
-    factors = chip_norm / chip_norm.mean()
+    n = len(live)
+    chip_norm = np.asarray(result.theta[:n])
+    cov_norm = np.asarray(result.covariance[:n, :n])
+    if not (np.all(np.isfinite(chip_norm)) and np.all(chip_norm > 0)):
+        raise ValueError("OCC 10-20 keV chip normalisations not all positive ("
+                         + ", ".join(f"DET{c}: {v:.3g}" for c, v in zip(live, chip_norm))
+                         + "); the occulted data are too shallow to derive M_bkg")
+    if not (np.all(np.isfinite(cov_norm)) and np.all(np.diag(cov_norm) > 0)):
+        raise ValueError("OCC 10-20 keV chip normalisations have no finite errors; the occulted "
+                         "data are too shallow to derive M_bkg")
+    live_factors = chip_norm / chip_norm.mean()
     # covariance of the normalised factors f = c / mean(c) (delta method)
-    jac = (np.eye(4) - np.outer(factors, np.full(4, 0.25))) / chip_norm.mean()
-    cov_factors = jac @ np.asarray(result.covariance[:4, :4]) @ jac.T
+    jac = (np.eye(n) - np.outer(live_factors, np.full(n, 1.0 / n))) / chip_norm.mean()
+    factors = np.ones(4)  # a chip without fitted pixels keeps the placeholder 1 (never used)
+    factors[list(live)] = live_factors
+    cov_factors = np.zeros((4, 4))
+    cov_factors[np.ix_(live, live)] = jac @ cov_norm @ jac.T
     return ChipFlat(factors[:, None, None] * np.ones((4, 32, 32)), factors, cov_factors)
 
 
@@ -207,6 +228,13 @@ def _bootstrap_bands(keys, best, templates, mask, n_boot):
         keys, best, templates)
 
 
+def _std(variance):
+    """Square root of variances, NaN where a variance is not finite and positive."""
+    variance = np.asarray(variance, float)
+    ok = np.isfinite(variance) & (variance > 0)
+    return np.where(ok, np.sqrt(np.where(ok, variance, 1.0)), np.nan)
+
+
 def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed=0) -> PixelStage:
     """Fit eq. (2)-(3) for a stack of modules in one compiled, vmapped call.
 
@@ -221,14 +249,16 @@ def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed
     cov = np.asarray(fits.covariance)
     theta = np.asarray(fits.theta)
     n_apt = theta[..., -1]
-    n_apt_err = np.sqrt(cov[..., -1, -1])
+    # a band with (almost) no counts has no positive finite variance: its error is NaN (the
+    # spectral stages leave such bands out), never the root of a negative number
+    n_apt_err = _std(cov[..., -1, -1])
     if k == 2:
-        n_bkg, n_bkg_err = theta[..., 0], np.sqrt(cov[..., 0, 0])
+        n_bkg, n_bkg_err = theta[..., 0], _std(cov[..., 0, 0])
     else:
         # Mean of the per-chip flat normalisations and its error from the covariance.
         w = np.full(k - 1, 1.0 / (k - 1))
         n_bkg = theta[..., :-1] @ w
-        n_bkg_err = np.sqrt(np.einsum("i,...ij,j->...", w, cov[..., :-1, :-1], w))
+        n_bkg_err = _std(np.einsum("i,...ij,j->...", w, cov[..., :-1, :-1], w))
     lower = upper = None
     if profile:
         lo, hi, _ = _profile_all(counts, templates, masks, fits, k - 1)
@@ -255,12 +285,18 @@ def fit_pixel_stage(counts, templates, masks, *, profile=True, bootstrap=0, seed
 # Stages
 
 
+def _layout(background):
+    """Template layout of a module: an OCC flat map (K = 2) or free flats for its live chips."""
+    return ("flat",) if background.flat is not None else ("chips",) + tuple(background.live_chips)
+
+
 def template_groups(backgrounds, indices) -> list:
-    """Module indices grouped by template layout (with an OCC flat map: K = 2, without: K = 5),
-    groups in order of first appearance, so each group is fitted as one stack."""
+    """Module indices grouped by template layout (with an OCC flat map: K = 2, without: one free
+    flat per live chip, K = 5 normally), groups in order of first appearance, so each group is
+    fitted as one stack."""
     groups = {}
     for i in indices:
-        groups.setdefault(backgrounds[i].flat is None, []).append(i)
+        groups.setdefault(_layout(backgrounds[i]), []).append(i)
     return list(groups.values())
 
 
@@ -277,25 +313,60 @@ def stack_module_inputs(campaign: Campaign, indices, which, options: AnalysisOpt
         exposure = mod.sci_exposure if which == "sci" else mod.occ_exposure
         counts.append(np.asarray(data, float))
         templates.append(pixel_templates(geometry, eff, exposure, backgrounds[i].flat,
-                                         options.rpix))
+                                         options.rpix, chips=backgrounds[i].live_chips))
     return (np.stack(counts), np.stack(templates),
             np.stack([backgrounds[i].mask for i in indices]))
+
+
+def dead_chips(counts) -> tuple:
+    """Chips without a single count in any band of a [n_bands, 4, 32, 32] cube (dead, or a
+    chip whose events were all filtered out), when the other chips have counts."""
+    per_chip = np.asarray(counts).reshape(-1, 4, 32 * 32).sum(axis=(0, 2))
+    if not per_chip.any():
+        return ()
+    return tuple(int(c) for c in np.flatnonzero(per_chip == 0))
 
 
 def background_stage(campaign: Campaign, options: AnalysisOptions) -> tuple:
     """Pixel masks and, where OCC 10-20 keV data exist, the chip flat map :math:`M` of every
     module (section 4).  Returns one
-    :class:`~bkgjax.missions.nustar_cxb.records.ModuleBackground` per module."""
+    :class:`~bkgjax.missions.nustar_cxb.records.ModuleBackground` per module.
+
+    Degenerate inputs are handled, not fatal: a chip without any SCI counts is masked whole
+    (its flat coefficient would be undetermined), and when the OCC 10-20 keV image is too
+    shallow for positive chip normalisations every live chip gets a free flat normalisation
+    instead, as without OCC data (``note`` says so).  A module without any usable pixel is a
+    ValueError."""
     out = []
     for mod in campaign.modules:
         geometry = campaign.geometry(mod.fpm)
         mask = pixel_mask(geometry, [mod.sci_counts, mod.occ_counts], options.mask_chip_edges)
+        notes = []
+        dead = dead_chips(mod.sci_counts)
+        if dead:
+            mask[list(dead)] = False
+            notes.append("no SCI counts on " + ", ".join(f"DET{c}" for c in dead)
+                         + ": chip masked")
+        live = tuple(int(c) for c in range(4) if mask[c].any())
+        if not live:
+            raise ValueError(f"{mod.label}: no usable pixels (every pixel masked, dead or "
+                             "without counts)")
         if mod.occ_counts_10_20 is not None and mod.occ_exposure:
-            chip = flat_from_occultation(geometry, mod.occ_counts_10_20, mod.occ_exposure, mask,
-                                         options.rpix)
-            out.append(ModuleBackground(mask, chip.flat, chip.factors, chip.covariance))
-        else:
-            out.append(ModuleBackground(mask))
+            try:
+                chip = flat_from_occultation(geometry, mod.occ_counts_10_20, mod.occ_exposure,
+                                             mask, options.rpix)
+            except ValueError as err:
+                notes.append(f"chip factors M_bkg not derived ({err}); free flat normalisation "
+                             "per chip instead")
+            else:
+                out.append(ModuleBackground(mask, chip.flat, chip.factors, chip.covariance,
+                                            live_chips=live,
+                                            note="; ".join(notes) if notes else None))
+                continue
+        if mod.occ_counts_10_20 is None or not mod.occ_exposure:
+            notes.append("no OCC 10-20 keV data: free flat normalisation per chip, no chip "
+                         "factors")
+        out.append(ModuleBackground(mask, live_chips=live, note="; ".join(notes)))
     return tuple(out)
 
 

@@ -107,7 +107,8 @@ def plot_aperture_spectrum(results, index=0):
     top.set_title(f"F(3-20 keV) = {fit.flux_3_20:.3e} erg/s/cm$^2$/deg$^2$, "
                   rf"$\chi^2$/dof = {fit.chi2:.1f}/{fit.dof}", fontsize=9)
     bottom.axhline(0, color="0.5", lw=0.8)
-    bottom.errorbar(centre, (y - cxb - soft) / s, yerr=1.0, fmt="o", ms=3, color="k")
+    safe = np.where(np.isfinite(s) & (s > 0), s, np.nan)  # a band without an error: no point
+    bottom.errorbar(centre, (y - cxb - soft) / safe, yerr=1.0, fmt="o", ms=3, color="k")
     bottom.set_ylabel(r"$\Delta/\sigma$")
     bottom.set_xlabel("Energy (keV)")
     fig.tight_layout()
@@ -126,10 +127,17 @@ def plot_flux_per_dataset(results):
     for entry in data["datasets"]:
         x = names.index(entry["name"]) + 1 + (-0.1 if entry["fpm"] == "FPMA" else 0.1)
         f = entry["flux_3_20"]
+        if f["value"] is None:
+            continue
+        if f["lower90"] is None or f["upper90"] is None:  # undefined error: the value alone
+            ax.plot(x, f["value"] / 1e-11, "x", color=colors.get(entry["fpm"], "k"))
+            continue
         ax.errorbar(x, f["value"] / 1e-11, yerr=[[(f["value"] - f["lower90"]) / 1e-11],
                                                  [(f["upper90"] - f["value"]) / 1e-11]],
                     fmt="o", color=colors.get(entry["fpm"], "k"))
     for fpm, row in data["combined"]["per_fpm"].items():
+        if row["value"] is None or row["err1sigma"] is None:
+            continue
         x = len(names) + 1 + (-0.1 if fpm == "FPMA" else 0.1)
         ax.errorbar(x, row["value"] / 1e-11, yerr=Z_90 * row["err1sigma"] / 1e-11, fmt="s",
                     color=colors.get(fpm, "k"), label=f"{fpm}")

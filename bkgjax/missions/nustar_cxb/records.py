@@ -72,6 +72,9 @@ class AnalysisOptions:
         "bknpower" (the full OCC shape, i.e. assuming backscattered CXB also on-sky).
     one_step : also fit the one-step model (CXB norm straight from the cube).
     seed : random seed for bootstrap / NUTS / goodness-of-fit simulations.
+    soft_detection_sigma : significance (sigma, one-sided) above which the soft component counts
+        as detected, in the OCC spectra (below it the shape is not fitted: the default shape is
+        used and the norm reported as a 90 % upper limit) and in every SCI spectrum.
     """
 
     e_min: float = 3.0
@@ -88,12 +91,19 @@ class AnalysisOptions:
     soft_shape_default: tuple = (5.0, 4.8, 0.9)
     sci_soft_model: str = "powerlaw"
     one_step: bool = True
+    soft_detection_sigma: float = 3.0
 
     def __post_init__(self):
         if not (0 < self.e_min < self.e_max):
             raise ValueError(f"need 0 < e_min < e_max keV, got {self.e_min}, {self.e_max}")
+        if isinstance(self.n_bands, bool) or not isinstance(self.n_bands, (int, np.integer)):
+            raise ValueError(f"n_bands must be an integer, got {self.n_bands!r}")
         if self.n_bands < 3:
-            raise ValueError(f"n_bands must be >= 3 for the spectral stage, got {self.n_bands}")
+            raise ValueError(f"n_bands = {self.n_bands}: the spectral stage needs >= 3 bands (the "
+                             "stacked-spectrum models have up to 3 free parameters and the SCI "
+                             "fit 2); use n_bands >= 3")
+        if not (np.isfinite(self.soft_detection_sigma) and self.soft_detection_sigma > 0):
+            raise ValueError(f"soft_detection_sigma must be > 0, got {self.soft_detection_sigma}")
         if self.sci_soft_model not in ("powerlaw", "bknpower"):
             raise ValueError(f"sci_soft_model must be 'powerlaw' or 'bknpower', got "
                              f"{self.sci_soft_model!r}")
@@ -202,13 +212,20 @@ class ModuleBackground:
     flat : [4, 32, 32] chip non-uniformity :math:`M` from the OCC 10-20 keV image, or None
         (then every chip gets a free flat normalisation).
     chip_factors, chip_factors_cov : the four relative chip normalisations behind ``flat`` and
-        their covariance, or None.
+        their covariance, or None (a chip without usable pixels gets the placeholder factor 1
+        with zero variance).
+    live_chips : chips with at least one pixel in ``mask`` (a chip without counts in any SCI
+        band is dead and masked whole).
+    note : why ``flat`` is None although OCC data exist, or which chips were masked; None when
+        nothing special happened.
     """
 
     mask: np.ndarray
     flat: np.ndarray | None = None
     chip_factors: np.ndarray | None = None
     chip_factors_cov: np.ndarray | None = None
+    live_chips: tuple = (0, 1, 2, 3)
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -293,6 +310,8 @@ class SoftShapeFit:
     Shape :math:`(\\Gamma_1, E_\\mathrm{br}, \\Gamma_2)`, the first module's normalisation,
     cross-normalisation constants of the other modules, their 1-sigma errors (``errors``, keyed
     like the XSPEC parameters), the shape's 3 x 3 covariance, chi-square and degrees of freedom.
+    ``at_bound``: names of shape parameters that ended on a limit of their allowed range; they
+    are held there (error 0, no covariance) and flagged in results.json.
     """
 
     pho_index1: float
@@ -304,6 +323,7 @@ class SoftShapeFit:
     shape_covariance: np.ndarray
     chi2: float
     dof: int
+    at_bound: tuple = ()
 
     @property
     def shape(self) -> tuple:
@@ -313,11 +333,20 @@ class SoftShapeFit:
 @dataclass(frozen=True)
 class SoftComponent:
     """Soft-component shape used for one data set: fitted to its OCC spectra (``fit``, from
-    the modules ``fpms``) or, without OCC data, the default shape (``fit`` None)."""
+    the modules ``fpms``) or the default shape (``fit`` None): without OCC data, when the OCC
+    spectra show no significant soft component, or when they cannot constrain its shape.
+
+    ``detected``: whether the OCC spectra show the component (None without OCC data);
+    ``detection``: the fixed-shape test behind it (significance, per-module norms and 90 %
+    upper limits, see :func:`~bkgjax.missions.nustar_cxb.spectral_stage.detect_soft_component`);
+    ``note``: why the default shape is used, or which shape parameters sit on a bound."""
 
     shape: tuple
     fpms: tuple = ()
     fit: SoftShapeFit | None = None
+    detected: bool | None = None
+    detection: dict | None = None
+    note: str | None = None
 
     @property
     def fixed(self) -> bool:
@@ -334,7 +363,10 @@ class SciFit:
 
     ``cxb_norm`` relative to HEAO-1, ``covariance`` of (CXB norm, soft norm[, E_fold]),
     ``flux_3_20`` the 3-20 keV CXB energy flux (erg/s/cm^2/deg^2) with its 1-sigma error;
-    ``efold``/``efold_err`` only with a free folding energy (section 5.3).
+    ``efold``/``efold_err`` only with a free folding energy (section 5.3).  The soft norm is
+    ``soft_detected`` when ``soft_norm / soft_norm_err`` reaches the detection threshold,
+    otherwise ``soft_upper90`` (max(norm, 0) + 1.645 sigma) is its 90 % upper limit.  ``note``
+    says why a number is undefined (NaN, written as null).
     """
 
     cxb_norm: float
@@ -348,6 +380,10 @@ class SciFit:
     dof: int
     efold: float | None = None
     efold_err: float | None = None
+    soft_detected: bool | None = None
+    soft_significance: float | None = None
+    soft_upper90: float | None = None
+    note: str | None = None
 
 
 @dataclass(frozen=True)
@@ -426,7 +462,9 @@ class OneStepFlux(NamedTuple):
 @dataclass(frozen=True)
 class CombinedFlux:
     """Inverse-variance weighted mean of fluxes (section 5.2): value, 1-sigma error, 90 %
-    bounds, fractional rms scatter and statistical error, chi-square about the mean."""
+    bounds, fractional rms scatter and statistical error, chi-square about the mean; ``n_used``
+    values entered (those with a finite, positive error), ``note`` says what was left out or
+    why a number is undefined (NaN)."""
 
     value: float
     err: float
@@ -436,6 +474,8 @@ class CombinedFlux:
     stat_err_frac: float
     chi2: float
     dof: int
+    n_used: int = 0
+    note: str | None = None
 
 
 @dataclass(frozen=True)
