@@ -330,7 +330,7 @@ class JointModel:
         display = self.display_names()
         matches = [i for i, p in enumerate(self.parameters) if display[p.name] == name]
         if not matches:  # short XSPEC name of a parameter whose display name is qualified
-            base, at, k = name.partition("@")
+            base, _, k = name.partition("@")
             prefix = BKG_PREFIX if base.startswith(BKG_PREFIX) else ""
             short = base[len(prefix):]
             matches = [i for i, p in enumerate(self.parameters)
@@ -342,8 +342,8 @@ class JointModel:
         if len(matches) > 1:
             raise KeyError(f"parameter name {name!r} is ambiguous; use one of "
                            f"{[display[names[i]] for i in matches]}")
-        per = [display[p.name] for p in self.parameters if p.name.partition("@")[0] in
-               (name, ) or display[p.name].partition("@")[0] == name]
+        per = [display[p.name] for p in self.parameters
+               if name in (p.name.partition("@")[0], display[p.name].partition("@")[0])]
         if per:
             raise KeyError(f"parameter {name!r} has one copy per data set: use one of {per}")
         close = difflib.get_close_matches(name, list(display.values()))
