@@ -480,6 +480,19 @@ COMPONENTS = {
 }
 
 
+# The model library (issue 20), one module per family, each listing its ComponentSpecs in SPECS.
+# They import ComponentSpec/ParameterSpec and the quadrature helpers defined above, so they are
+# imported here, after those definitions (a partially initialised module is enough for them).
+from . import absorption as _absorption  # noqa: E402
+from . import continua as _continua  # noqa: E402
+from . import convolutions as _convolutions  # noqa: E402
+
+for _library_spec in (*_absorption.SPECS, *_continua.SPECS, *_convolutions.SPECS):
+    if _library_spec.name in COMPONENTS:
+        raise RuntimeError(f"component {_library_spec.name!r} is defined twice")
+    COMPONENTS[_library_spec.name] = _library_spec
+
+
 # ----------------------------------------------------------------------------------------------
 # User components: Sherpa's load_user_model/add_model, XSPEC's local models.
 #
