@@ -31,6 +31,7 @@ import numpy as np
 
 from ..io.jsonio import json_safe
 from ..spectral.model import Model
+from . import small_linalg
 from .dataset import (
     CHI2_STATISTICS,
     STATISTICS,
@@ -152,7 +153,11 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
         hess_u = hess_theta * jnp.outer(dt, dt) + jnp.diag(grad_theta * d2t)
         return value, grad_u, hess_u
 
-    derivatives.theta_derivatives = theta_derivatives
+    # traced once: the optimiser, both profile searches and the covariance call these several
+    # times each, and re-tracing the fold's autodiff at every call site was most of a new
+    # process's tracing time (the compiled program is the same)
+    derivatives = jax.jit(derivatives)
+    derivatives.theta_derivatives = jax.jit(theta_derivatives)
     return derivatives
 
 
@@ -297,7 +302,7 @@ def _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options):
     theta_best = to_bounded(res.x, lo, hi)
     # covariance in parameter space: C = 2 H^-1 (statistic = -2 ln L + const)
     hess_theta = derivatives.theta_derivatives(theta_best)[2]
-    cov = 2.0 * jnp.linalg.inv(hess_theta)
+    cov = 2.0 * small_linalg.inv(hess_theta)
     out = {
         "theta": theta_all.at[idx].set(theta_best),
         "stat_value": res.fun,
@@ -308,7 +313,7 @@ def _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options):
     }
     if options.profile:
         hess_u = res.hess
-        cov_u = 2.0 * jnp.linalg.inv(hess_u)
+        cov_u = 2.0 * small_linalg.inv(hess_u)
         sigma_u = jnp.sqrt(jnp.abs(jnp.diag(cov_u)))
         bounds_u, flags = profile_bounds(objective, res.x, res.fun, sigma_u,
                                          delta_stat(options.level), derivatives=derivatives,

@@ -173,6 +173,15 @@ def _initialize_cpu_kernels() -> None:
     lax_linalg.initialize_lapack()
 
 
+def _calls_lapack(compiled) -> bool:
+    """Whether a compiled executable calls LAPACK (custom calls ``lapack_*``); True when its
+    text is unavailable, the safe answer."""
+    try:
+        return "lapack" in compiled.as_text().lower()
+    except Exception:  # noqa: BLE001
+        return True
+
+
 def _one_shot_executable(path: Path):
     """The compiled executable kept at ``path`` (or by this process), or None when there is
     none or it cannot be loaded (the file is then removed and the export path used)."""
@@ -185,9 +194,10 @@ def _one_shot_executable(path: Path):
 
         from jax.experimental import serialize_executable
 
-        _initialize_cpu_kernels()
         with open(path, "rb") as fh:
-            payload = pickle.loads(zlib.decompress(fh.read()))
+            needs_lapack, payload = pickle.loads(zlib.decompress(fh.read()))
+        if needs_lapack:  # most fits do not (bkgjax.fit.small_linalg): no scipy.linalg import
+            _initialize_cpu_kernels()
         compiled = serialize_executable.deserialize_and_load(*payload)
         os.utime(path)  # least-recently-used pruning
     except Exception as err:  # noqa: BLE001 - damaged, or another jaxlib: compile again
@@ -210,7 +220,8 @@ def _keep_executable(path: Path, compiled) -> None:
 
         from jax.experimental import serialize_executable
 
-        data = zlib.compress(pickle.dumps(serialize_executable.serialize(compiled)), 1)
+        needs_lapack = _calls_lapack(compiled)
+        data = zlib.compress(pickle.dumps((needs_lapack, serialize_executable.serialize(compiled))), 1)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
             fh.write(data)
         os.replace(fh.name, path)

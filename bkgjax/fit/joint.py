@@ -225,7 +225,9 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
         return (value, grad_theta * dt,
                 hess_theta * jnp.outer(dt, dt) + jnp.diag(grad_theta * d2t))
 
-    derivatives.theta_derivatives = theta_derivatives
+    # traced once for all call sites (see bkgjax.fit.core.folded_derivatives)
+    derivatives = jax.jit(derivatives)
+    derivatives.theta_derivatives = jax.jit(theta_derivatives)
     return derivatives
 
 

@@ -21,6 +21,8 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
+from . import small_linalg
+
 __all__ = [
     "hessian_derivatives",
     "to_bounded",
@@ -186,7 +188,7 @@ def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, d
         x, f, g, h, lam, it, status = state
         g_free = g * free_f
         scale = jnp.maximum(jnp.abs(jnp.diag(h)), 1e-12)
-        step = jnp.linalg.solve(h + lam * jnp.diag(scale), g_free) * free_f
+        step = small_linalg.solve(h + lam * jnp.diag(scale), g_free) * free_f
         decrement = jnp.dot(g_free, step)
         converged = jnp.isfinite(decrement) & (jnp.abs(decrement) < dtol) & (lam <= 1.0)
         x_new = x - step
@@ -289,7 +291,7 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
             others = ~onehot
             g_o = jnp.where(others, g, 0.0)
             h_o = h * jnp.outer(others, others) + jnp.diag(onehot.astype(h.dtype))
-            decrement = jnp.dot(g_o, jnp.linalg.solve(h_o, g_o))
+            decrement = jnp.dot(g_o, small_linalg.solve(h_o, g_o))
             return (jnp.abs(f - target) < tol) & (jnp.abs(decrement) < gtol)
 
         def cond(state):
@@ -297,7 +299,7 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
 
         def body(state):
             x, res, jac, alpha, it, flag = state
-            step = jnp.linalg.solve(jac, res)
+            step = small_linalg.solve(jac, res)
             x_new = x - alpha * step
             f_n, g_n, h_n, res_n, jac_n = residual(x_new)
             valid = (jnp.all(jnp.isfinite(x_new)) & jnp.isfinite(f_n) & jnp.all(jnp.isfinite(g_n))
