@@ -413,3 +413,32 @@ def test_best_value_at_a_limit_is_flagged():
     assert result.at_limit == {"powerlaw.PhoIndex": True, "powerlaw.norm": False}
     assert result.to_dict()["params"]["PhoIndex"]["at_limit"] is True
     assert "at its limit" in str(result)
+
+
+def test_profile_search_runs_as_a_second_program_only_when_needed(dgtau, monkeypatch):
+    """fit() stops its compiled program after the Venzon-Moolgavkar bounds and finishes the
+    unsolved ones with _profile_search: the same bounds and flags as the single program of
+    fit_batch's kernel (search included), and no search program when every bound is found."""
+    calls = []
+    real = fit_core.exported_call
+
+    def recording(reference, name, static, *args):
+        calls.append(name)
+        return real(reference, name, static, *args)
+
+    monkeypatch.setattr(fit_core, "exported_call", recording)
+    fit(pl(1.2, 1.3e-5), dgtau, "cstat")
+    assert "bkgjax.fit.core._profile_search" not in calls
+
+    calls.clear()
+    model = powerlaw(PhoIndex=1.2, norm=1.3e-5) + component_gaussian()
+    result = fit(model, dgtau, "cstat")
+    assert calls.count("bkgjax.fit.core._profile_search") == 1
+    free_names, free_idx, theta_all, lower, upper = fit_core._prepare(model, dgtau, "cstat")
+    single = fit_core._fit_one(theta_all, lower, upper, fit_core.prng_key(0), dgtau,
+                               structure=model.structure, free_idx=free_idx, stat="cstat",
+                               options=fit_core.FitOptions())
+    for k, name in enumerate(free_names):
+        np.testing.assert_allclose(result.intervals[name], np.asarray(single["profile_bounds"][k]),
+                                   rtol=1e-9)
+        assert result.bound_flags[name] == tuple(int(f) for f in single["profile_flags"][k])

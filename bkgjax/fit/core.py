@@ -30,6 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 
 from ..io.jsonio import json_safe
+from ..spectral.components import COMPONENTS
+from ..spectral.convolutions import free_flux_normalisations
 from ..spectral.model import Model
 from . import small_linalg
 from .dataset import (
@@ -43,6 +45,7 @@ from .dataset import (
 from .export_cache import exported_call, prng_key
 from .joint import (
     BKG_PREFIX,
+    JointStructure,
     as_joint,
     check_joint,
     joint_derivatives,
@@ -85,6 +88,9 @@ class FitOptions(NamedTuple):
     level: float = 0.9
     n_starts: int = 1
     start_spread: float = 1.0
+    # False: the profile bounds stop after the Venzon-Moolgavkar stage (unsolved lanes NaN,
+    # flag RUNNING) and the fit finishes them with _profile_search, compiled only if needed
+    search: bool = True
 
 
 def _statistic_of_theta(structure, stat, free_idx, theta_fixed, data):
@@ -252,26 +258,35 @@ def _guess_joint_norms(original, data, keep):
     return updated
 
 
+def _problem(theta_all, lower, upper, data, structure, free_idx, stat):
+    """``(statistic of the free parameters, its fold derivatives in unconstrained coordinates,
+    free indices, their lower and upper limits)`` for one data set or a joint model."""
+    idx = jnp.asarray(free_idx, dtype=jnp.int32)
+    lo, hi = lower[idx], upper[idx]
+    if isinstance(structure, JointStructure):
+        def stat_free(theta_free):
+            return joint_statistic(structure, stat, theta_all.at[idx].set(theta_free), data)
+
+        derivatives = joint_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
+    else:
+        stat_free = _statistic_of_theta(structure, stat, free_idx, theta_all, data)
+        derivatives = folded_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
+    return stat_free, derivatives, idx, lo, hi
+
+
 def _fit_kernel(theta_all, lower, upper, start_key, data, *, structure, free_idx, stat,
                 options):
     """Pure fit of one dataset; returns a dict of arrays (vmappable)."""
-    idx = jnp.asarray(free_idx, dtype=jnp.int32)
-    stat_free = _statistic_of_theta(structure, stat, free_idx, theta_all, data)
-    lo, hi = lower[idx], upper[idx]
-    derivatives = folded_derivatives(structure, stat, free_idx, theta_all, data, lo, hi)
+    stat_free, derivatives, idx, lo, hi = _problem(theta_all, lower, upper, data, structure,
+                                                   free_idx, stat)
     return _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options)
 
 
 def _joint_kernel(theta_all, lower, upper, start_key, datasets, *, structure, free_idx, stat,
                   options):
     """Pure fit of a joint model (:mod:`bkgjax.fit.joint`) over a tuple of data sets."""
-    idx = jnp.asarray(free_idx, dtype=jnp.int32)
-    lo, hi = lower[idx], upper[idx]
-
-    def stat_free(theta_free):
-        return joint_statistic(structure, stat, theta_all.at[idx].set(theta_free), datasets)
-
-    derivatives = joint_derivatives(structure, stat, free_idx, theta_all, datasets, lo, hi)
+    stat_free, derivatives, idx, lo, hi = _problem(theta_all, lower, upper, datasets,
+                                                   structure, free_idx, stat)
     out = _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options)
     out["theta"] = structure.apply_links(out["theta"])
     return out
@@ -317,10 +332,42 @@ def _solve(stat_free, derivatives, theta_all, idx, lo, hi, start_key, options):
         sigma_u = jnp.sqrt(jnp.abs(jnp.diag(cov_u)))
         bounds_u, flags = profile_bounds(objective, res.x, res.fun, sigma_u,
                                          delta_stat(options.level), derivatives=derivatives,
-                                         cov_x=cov_u)
+                                         cov_x=cov_u, search=options.search)
         bounds = to_bounded(bounds_u, lo[:, None], hi[:, None])
         out["profile_bounds"] = bounds
         out["profile_flags"] = flags
+        if not options.search:  # what _profile_search needs to finish the unsolved bounds
+            out.update(u_best=res.x, sigma_u=sigma_u, bounds_u=bounds_u)
+    return out
+
+
+@partial(jax.jit, static_argnames=("structure", "free_idx", "stat", "options"))
+def _profile_search(theta_all, lower, upper, data, u_best, f_best, sigma_u, known_u, *,
+                    structure, free_idx, stat, options):
+    """The profile bounds that a fit with ``options.search = False`` left unsolved (NaN in
+    ``known_u``), by the safeguarded search of :func:`profile_bounds`; returns (bounds,
+    flags) in parameter space."""
+    stat_free, derivatives, idx, lo, hi = _problem(theta_all, lower, upper, data, structure,
+                                                   free_idx, stat)
+    bounds_u, flags = profile_bounds(lambda u: stat_free(to_bounded(u, lo, hi)), u_best, f_best,
+                                     sigma_u, delta_stat(options.level), derivatives=derivatives,
+                                     known=known_u)
+    return to_bounded(bounds_u, lo[:, None], hi[:, None]), flags
+
+
+def _fit_in_two_programs(kernel, name, static, theta_all, lower, upper, seed, data):
+    """One fit through the export cache, its profile bounds' safeguarded search compiled and
+    run only when the Venzon-Moolgavkar stage leaves a bound unsolved (a parameter limit, a
+    non-quadratic profile): most fits never compile that half of the program."""
+    options = static["options"]
+    first = dict(static, options=options._replace(search=False))
+    out = exported_call(kernel, name, first, theta_all, lower, upper, prng_key(seed), data)
+    out = jax.tree_util.tree_map(np.asarray, out)
+    if options.profile and np.any(out["profile_flags"] == BoundFlag.RUNNING):
+        bounds, flags = exported_call(
+            _profile_search, "bkgjax.fit.core._profile_search", static, theta_all, lower,
+            upper, data, out["u_best"], out["stat_value"], out["sigma_u"], out["bounds_u"])
+        out["profile_bounds"], out["profile_flags"] = np.asarray(bounds), np.asarray(flags)
     return out
 
 
@@ -372,6 +419,7 @@ def _start(model, n_bins, where):
     if not free_names:
         raise ValueError(f"model {model} has no free parameter")
     _check_dof(len(free_names), n_bins, where)
+    _check_flux_normalisations(model)
     names = model.names
     free_idx = tuple(names.index(n) for n in free_names)
     theta_all = np.asarray(list(model.resolve({}).values()), dtype=np.float64)
@@ -381,6 +429,24 @@ def _start(model, n_bins, where):
     # device_put, not jnp.asarray: the same arrays without a small XLA compilation
     return (free_names, free_idx, jax.device_put(theta_all), jax.device_put(lower),
             jax.device_put(upper))
+
+
+def _check_flux_normalisations(model):
+    """cflux/cpflux set the flux of their expression: its normalisation free as well is
+    degenerate with it (no unique minimum), so the fit is refused (XSPEC's manual: freeze it)."""
+    parameters = {p.name: p for p in model.parameters}
+    parts = [("", model)] if isinstance(model, Model) else [("", model.source),
+                                                             (BKG_PREFIX, model.background)]
+    for prefix, part in parts:
+        if part is None:
+            continue
+        for name, label, free in free_flux_normalisations(part.expr, parameters, prefix):
+            flux = f"{prefix}{label}.{COMPONENTS[name].param_names[-1]}"
+            raise ValueError(
+                f"{flux} sets the flux of the expression {name} acts on, and the "
+                f"normalisation of that expression is free too ({', '.join(free)}): the two "
+                f"are degenerate; freeze one of them, e.g. model.set({free[0]!r}, "
+                f"frozen=True) (--freeze {free[0]}=VALUE), as XSPEC's manual asks for {name}")
 
 
 def _check_dof(n_free, n_bins, where):
@@ -625,11 +691,10 @@ def fit(model, data, stat: str = "cstat", *, errors: str = "profile", level: flo
     free_names, free_idx, theta_all, lower, upper = _prepare(model, data, stat)
     warn_if_background_ignored(data, stat)
     # through the on-disk export cache: a new process skips tracing (export_cache docstring)
-    out = exported_call(_fit_one, "bkgjax.fit.core._fit_one",
-                        {"structure": model.structure, "free_idx": free_idx, "stat": stat,
-                         "options": options},
-                        theta_all, lower, upper, prng_key(seed), data)
-    out = jax.tree_util.tree_map(np.asarray, out)
+    out = _fit_in_two_programs(_fit_one, "bkgjax.fit.core._fit_one",
+                               {"structure": model.structure, "free_idx": free_idx,
+                                "stat": stat, "options": options},
+                               theta_all, lower, upper, seed, data)
     return _make_result(model, data.n_bins, stat, free_names, out, options)
 
 
@@ -645,11 +710,10 @@ def _fit_joint(model, data, stat, options, seed) -> FitResult:
     if model.background is None:
         for d in datasets:
             warn_if_background_ignored(d, stat, stacklevel=4)
-    out = exported_call(_fit_joint_one, "bkgjax.fit.core._fit_joint_one",
-                        {"structure": model.structure, "free_idx": free_idx, "stat": stat,
-                         "options": options},
-                        theta_all, lower, upper, prng_key(seed), datasets)
-    out = jax.tree_util.tree_map(np.asarray, out)
+    out = _fit_in_two_programs(_fit_joint_one, "bkgjax.fit.core._fit_joint_one",
+                               {"structure": model.structure, "free_idx": free_idx,
+                                "stat": stat, "options": options},
+                               theta_all, lower, upper, seed, datasets)
     return _make_result(model, n_bins_of(model, datasets), stat, free_names, out, options)
 
 

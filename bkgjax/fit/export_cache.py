@@ -221,6 +221,7 @@ def _keep_executable(path: Path, compiled) -> None:
         from jax.experimental import serialize_executable
 
         needs_lapack = _calls_lapack(compiled)
+        path.parent.mkdir(parents=True, exist_ok=True)
         data = zlib.compress(pickle.dumps((needs_lapack, serialize_executable.serialize(compiled))), 1)
         with tempfile.NamedTemporaryFile(dir=path.parent, suffix=".tmp", delete=False) as fh:
             fh.write(data)
@@ -292,6 +293,14 @@ def exported_call(reference, name: str, static: dict, *args):
         compiled = _one_shot_executable(exe)
         if compiled is not None:
             return compiled(*leaves)
+        if not (folder / f"{key}.jaxexport").exists():
+            # a one-shot process keeps the executable, which is all later commands load:
+            # compiling the function directly saves writing an export, reading it back and
+            # lowering its call (a third of a first run's tracing and lowering)
+            def flat(*flat_leaves):
+                return reference(*jax.tree_util.tree_unflatten(treedef, flat_leaves), **static)
+
+            return _compile_and_keep(jax.jit(flat).lower(*leaves), options, exe)(*leaves)
     options = tuple(sorted(options.items())) if options else ()
     call = _export(reference, name, static, leaves, treedef,
                    folder / f"{key}.jaxexport", options)
@@ -299,14 +308,20 @@ def exported_call(reference, name: str, static: dict, *args):
         return reference(*args, **static)
     if exe is None:
         return call(*leaves)
+    return _compile_and_keep(call.lower(*leaves), None, exe)(*leaves)
+
+
+def _compile_and_keep(lowered, options, exe: Path):
+    """Compile ``lowered`` (XLA ``options``), keep the executable at ``exe`` and for this
+    process, and return it."""
     if not _listening:
         jax.monitoring.register_event_listener(_count_cache_hits)
         _listening.append(True)
     hits = _persistent_cache_hits[0]
-    compiled = call.lower(*leaves).compile()
+    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
     # an executable loaded from JAX's compilation cache does not serialise back whole (jaxlib
     # 0.10: "Function ... not found" when loaded again): keep fresh compilations only
     if _persistent_cache_hits[0] == hits:
         _keep_executable(exe, compiled)
     _EXECUTABLES[str(exe)] = compiled
-    return compiled(*leaves)
+    return compiled

@@ -329,7 +329,8 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
 
 
 def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max_outer=60,
-                   inner_iter=50, tol=1e-4, max_excursion=100.0, cov_x=None):
+                   inner_iter=50, tol=1e-4, max_excursion=100.0, cov_x=None, known=None,
+                   search=True):
     """Profile-likelihood bounds of every coordinate of ``x`` (unconstrained space).
 
     For each coordinate ``j`` and side ``s = -1, +1`` solve
@@ -341,6 +342,13 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
     (n, 2), a :class:`BoundFlag`: FOUND (1), NOT_REACHED (2: not bracketed within
     ``max_outer`` steps, limit reached), LOWER_MINIMUM (3: a lower minimum was found on the
     way, the fit was not at the global minimum).
+
+    With ``cov_x`` and ``derivatives`` the bounds are first solved by
+    :func:`venzon_moolgavkar` and the safeguarded search runs only for the lanes it leaves.
+    ``search=False`` stops there: unsolved lanes are NaN with flag RUNNING, to be finished by
+    a later call with ``known`` (the bounds found so far, NaN where unsolved), which skips
+    the Venzon-Moolgavkar stage.  The two calls give what one call gives; a fit compiles the
+    (large) search program only when it is needed (:func:`bkgjax.fit.fit`).
     """
     x_best = jnp.asarray(x_best)
     n = x_best.shape[0]
@@ -415,13 +423,15 @@ def profile_bounds(fun, x_best, f_best, sigma_x, delta, *, derivatives=None, max
         flag = jnp.where(found_lower, BoundFlag.LOWER_MINIMUM, flag)
         return v, flag
 
-    if cov_x is None or derivatives is None:
-        values, flags = jax.vmap(solve)(index, sides)
-        return values.reshape(n, 2), flags.reshape(n, 2)
-    vm_values, vm_ok = venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, tol=tol,
-                                         max_excursion=max_excursion)
-    vm_values, vm_ok = vm_values.reshape(-1), vm_ok.reshape(-1)
-
-    known = jnp.where(vm_ok, vm_values, jnp.nan)
-    values, flags = jax.vmap(solve)(index, sides, known)
+    if known is None:
+        if cov_x is None or derivatives is None:
+            values, flags = jax.vmap(solve)(index, sides)
+            return values.reshape(n, 2), flags.reshape(n, 2)
+        vm_values, vm_ok = venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, tol=tol,
+                                             max_excursion=max_excursion)
+        known = jnp.where(vm_ok, vm_values, jnp.nan)
+    known = jnp.asarray(known).reshape(n, 2)
+    if not search:
+        return known, jnp.where(jnp.isfinite(known), BoundFlag.FOUND, BoundFlag.RUNNING)
+    values, flags = jax.vmap(solve)(index, sides, known.reshape(-1))
     return values.reshape(n, 2), flags.reshape(n, 2)
