@@ -311,6 +311,22 @@ def exported_call(reference, name: str, static: dict, *args):
     return _compile_and_keep(call.lower(*leaves), None, exe)(*leaves)
 
 
+def _without_compilation_cache(skip: bool):
+    """A context in which JAX's compilation cache is neither read nor written (when ``skip``):
+    a one-shot compilation is kept as an executable, which later commands load, so writing it
+    to JAX's cache as well only costs time (~0.1 s)."""
+    import contextlib
+
+    if not skip:
+        return contextlib.nullcontext()
+    try:
+        from jax._src import config as jax_config
+
+        return jax_config.enable_compilation_cache(False)
+    except (ImportError, AttributeError, TypeError):  # another JAX: keep the cache
+        return contextlib.nullcontext()
+
+
 def _compile_and_keep(lowered, options, exe: Path):
     """Compile ``lowered`` (XLA ``options``), keep the executable at ``exe`` and for this
     process, and return it."""
@@ -318,7 +334,8 @@ def _compile_and_keep(lowered, options, exe: Path):
         jax.monitoring.register_event_listener(_count_cache_hits)
         _listening.append(True)
     hits = _persistent_cache_hits[0]
-    compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
+    with _without_compilation_cache(bool(options)):
+        compiled = lowered.compile(compiler_options=options) if options else lowered.compile()
     # an executable loaded from JAX's compilation cache does not serialise back whole (jaxlib
     # 0.10: "Function ... not found" when loaded again): keep fresh compilations only
     if _persistent_cache_hits[0] == hits:
