@@ -177,40 +177,43 @@ def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, d
         h = h * jnp.outer(free_f, free_f) + jnp.diag(1.0 - free_f)
         return f, g, h
 
-    f0, g0, h0 = masked(x0)
-    finite0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0 * free_f)) & jnp.all(jnp.isfinite(h0))
-    status0 = jnp.where(finite0, FitStatus.RUNNING, FitStatus.NON_FINITE)
-
     def cond(state):
         return state[6] == FitStatus.RUNNING
 
     def body(state):
+        # iteration -1 only evaluates the start (a zero step, always taken): the derivatives
+        # then appear once in the compiled loop instead of twice (start + loop), a sixth of
+        # a fit's compilation time
         x, f, g, h, lam, it, status = state
+        first = it < 0
         g_free = g * free_f
         scale = jnp.maximum(jnp.abs(jnp.diag(h)), 1e-12)
-        step = small_linalg.solve(h + lam * jnp.diag(scale), g_free) * free_f
+        step = jnp.where(first, 0.0,
+                         small_linalg.solve(h + lam * jnp.diag(scale), g_free) * free_f)
         decrement = jnp.dot(g_free, step)
-        converged = jnp.isfinite(decrement) & (jnp.abs(decrement) < dtol) & (lam <= 1.0)
+        converged = (~first & jnp.isfinite(decrement) & (jnp.abs(decrement) < dtol)
+                     & (lam <= 1.0))
         x_new = x - step
         f_new, g_new, h_new = masked(x_new)
+        finite = (jnp.isfinite(f_new) & jnp.all(jnp.isfinite(g_new * free_f))
+                  & jnp.all(jnp.isfinite(h_new)) & jnp.all(jnp.isfinite(step)))
         # accept equal values within round-off: at the floor a step may not decrease f
-        accept = (jnp.isfinite(f_new) & (f_new <= f + 1e-12 * (1.0 + jnp.abs(f)))
-                  & jnp.all(jnp.isfinite(g_new * free_f)) & jnp.all(jnp.isfinite(h_new))
-                  & jnp.all(jnp.isfinite(step)))
+        accept = first | (finite & (f_new <= f + 1e-12 * (1.0 + jnp.abs(f))))
         x = jnp.where(accept, x_new, x)
         f = jnp.where(accept, f_new, f)
         g = jnp.where(accept, g_new, g)
         h = jnp.where(accept, h_new, h)
-        lam = jnp.where(accept, jnp.maximum(lam * 0.1, 1e-12), lam * 10.0)
+        lam = jnp.where(first, lam, jnp.where(accept, jnp.maximum(lam * 0.1, 1e-12), lam * 10.0))
         it = it + 1
         status = jnp.where(converged, FitStatus.CONVERGED, FitStatus.RUNNING)
         running = status == FitStatus.RUNNING
         status = jnp.where(running & (lam > 1e16), FitStatus.STALLED, status)
         running = status == FitStatus.RUNNING
         status = jnp.where(running & (it >= max_iter), FitStatus.MAX_ITER, status)
-        return x, f, g, h, lam, it, status
+        return x, f, g, h, lam, it, jnp.where(first & ~finite, FitStatus.NON_FINITE, status)
 
-    init = (x0, f0, g0, h0, jnp.asarray(lam0, x0.dtype), jnp.asarray(0), status0)
+    init = (x0, jnp.zeros((), x0.dtype), jnp.zeros_like(x0), jnp.eye(n, dtype=x0.dtype),
+            jnp.asarray(lam0, x0.dtype), jnp.asarray(-1), jnp.asarray(FitStatus.RUNNING))
     x, f, g, h, _, it, status = jax.lax.while_loop(cond, body, init)
     return MinimizeResult(x, f, g, it, status, h)
 
@@ -298,29 +301,32 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
             return state[-1] == BoundFlag.RUNNING
 
         def body(state):
+            # iteration -1 only evaluates the start (as in levenberg_marquardt: one copy of
+            # the derivatives in the compiled loop)
             x, res, jac, alpha, it, flag = state
-            step = small_linalg.solve(jac, res)
+            first = it < 0
+            step = jnp.where(first, 0.0, small_linalg.solve(jac, res))
             x_new = x - alpha * step
             f_n, g_n, h_n, res_n, jac_n = residual(x_new)
-            valid = (jnp.all(jnp.isfinite(x_new)) & jnp.isfinite(f_n) & jnp.all(jnp.isfinite(g_n))
-                     & jnp.all(jnp.isfinite(h_n)) & (side * (x_new[j] - x_best[j]) > 0)
-                     & (jnp.sum(res_n**2) < 4.0 * jnp.sum(res**2) + 1e-12))
+            finite = (jnp.all(jnp.isfinite(x_new)) & jnp.isfinite(f_n)
+                      & jnp.all(jnp.isfinite(g_n)) & jnp.all(jnp.isfinite(h_n)))
+            valid = first | (finite & (side * (x_new[j] - x_best[j]) > 0)
+                             & (jnp.sum(res_n**2) < 4.0 * jnp.sum(res**2) + 1e-12))
             x = jnp.where(valid, x_new, x)
             res = jnp.where(valid, res_n, res)
             jac = jnp.where(valid, jac_n, jac)
-            alpha = jnp.where(valid, jnp.minimum(1.0, 2.0 * alpha), 0.5 * alpha)
+            alpha = jnp.where(first, alpha,
+                              jnp.where(valid, jnp.minimum(1.0, 2.0 * alpha), 0.5 * alpha))
             it = it + 1
-            done = valid & converged(f_n, g_n, h_n)
-            failed = (alpha < 1e-3) | (it >= max_iter) | (jnp.abs(x[j] - x_best[j]) > max_excursion)
+            done = valid & finite & converged(f_n, g_n, h_n)
+            failed = ((alpha < 1e-3) | (it >= max_iter) | (jnp.abs(x[j] - x_best[j]) > max_excursion)
+                      | (first & ~finite))
             flag = jnp.where(done, BoundFlag.FOUND,
                              jnp.where(failed, BoundFlag.NOT_REACHED, BoundFlag.RUNNING))
             return x, res, jac, alpha, it, flag
 
-        f0, g0, h0, res0, jac0 = residual(x0)
-        ok0 = jnp.isfinite(f0) & jnp.all(jnp.isfinite(g0)) & jnp.all(jnp.isfinite(h0))
-        flag0 = jnp.where(ok0, jnp.where(converged(f0, g0, h0), BoundFlag.FOUND, BoundFlag.RUNNING),
-                          BoundFlag.NOT_REACHED)
-        state = (x0, res0, jac0, jnp.asarray(1.0), jnp.asarray(0), flag0)
+        state = (x0, jnp.zeros_like(x0), jnp.eye(n, dtype=x0.dtype), jnp.asarray(1.0),
+                 jnp.asarray(-1), jnp.asarray(BoundFlag.RUNNING))
         x, _, _, _, _, flag = jax.lax.while_loop(cond, body, state)
         return x[j], flag == BoundFlag.FOUND
 
