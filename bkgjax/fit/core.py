@@ -63,6 +63,7 @@ from .optimize import (
     profile_bounds,
     to_bounded,
     to_unbounded,
+    unbounded_derivatives,
 )
 
 __all__ = ["FitOptions", "FitResult", "BatchFitResult", "fit", "fit_batch", "delta_stat",
@@ -132,10 +133,6 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
     def bin_first(mu):  # elementwise derivative (the Jacobian of per_bin is diagonal)
         return jax.jvp(per_bin, (mu,), (jnp.ones_like(mu),))
 
-    bijection = lambda u, lo, hi: to_bounded(u, lo, hi)  # noqa: E731
-    d_bijection = jax.vmap(jax.grad(bijection))
-    d2_bijection = jax.vmap(jax.grad(jax.grad(bijection)))
-
     def theta_derivatives(theta):
         """(S, dS/dtheta, d2S/dtheta2) at the free parameters ``theta``."""
         flux, flux_jvp = jax.linearize(flux_of_theta, theta)
@@ -151,20 +148,7 @@ def folded_derivatives(structure, stat, free_idx, theta_fixed, data, lower, uppe
         curvature = jax.jacfwd(jax.jacfwd(lambda t: flux_of_theta(t) @ weights))(theta)
         return jnp.sum(values), grad_theta, (jac * s2) @ jac.T + curvature
 
-    def derivatives(u):
-        value, grad_theta, hess_theta = theta_derivatives(to_bounded(u, lower, upper))
-        dt = d_bijection(u, lower, upper)
-        d2t = d2_bijection(u, lower, upper)
-        grad_u = grad_theta * dt
-        hess_u = hess_theta * jnp.outer(dt, dt) + jnp.diag(grad_theta * d2t)
-        return value, grad_u, hess_u
-
-    # traced once: the optimiser, both profile searches and the covariance call these several
-    # times each, and re-tracing the fold's autodiff at every call site was most of a new
-    # process's tracing time (the compiled program is the same)
-    derivatives = jax.jit(derivatives)
-    derivatives.theta_derivatives = jax.jit(theta_derivatives)
-    return derivatives
+    return unbounded_derivatives(theta_derivatives, lower, upper)
 
 
 def total_statistic(model: Model, data: SpectralData, stat="cstat", values=None):

@@ -175,7 +175,7 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
     :math:`W` the transposed fold of :math:`s'` (see :func:`bkgjax.fit.core.folded_derivatives`,
     the one-spectrum case): the exact Hessian for n + 2 passes over each response.
     """
-    from .optimize import to_bounded
+    from .optimize import unbounded_derivatives
 
     idx = jnp.asarray(free_idx, dtype=jnp.int32)
     n = len(free_idx)
@@ -214,21 +214,7 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
                 lambda t, f=flux_k, w=weights: jnp.sum(f(t) * w)))(theta)
         return value, grad, hess
 
-    bijection = lambda u, lo, hi: to_bounded(u, lo, hi)  # noqa: E731
-    d_bijection = jax.vmap(jax.grad(bijection))
-    d2_bijection = jax.vmap(jax.grad(jax.grad(bijection)))
-
-    def derivatives(u):
-        value, grad_theta, hess_theta = theta_derivatives(to_bounded(u, lower, upper))
-        dt = d_bijection(u, lower, upper)
-        d2t = d2_bijection(u, lower, upper)
-        return (value, grad_theta * dt,
-                hess_theta * jnp.outer(dt, dt) + jnp.diag(grad_theta * d2t))
-
-    # traced once for all call sites (see bkgjax.fit.core.folded_derivatives)
-    derivatives = jax.jit(derivatives)
-    derivatives.theta_derivatives = jax.jit(theta_derivatives)
-    return derivatives
+    return unbounded_derivatives(theta_derivatives, lower, upper)
 
 
 # ---------------------------------------------------------------------------------------------

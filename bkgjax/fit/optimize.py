@@ -137,6 +137,31 @@ def hessian_derivatives(fun):
     return derivatives
 
 
+def unbounded_derivatives(theta_derivatives, lower, upper):
+    r"""``u -> (S, dS/du, d^2S/du^2)`` from ``theta -> (S, dS/d\theta, d^2S/d\theta^2)`` by the
+    chain rule through :func:`to_bounded` (elementwise, so
+    :math:`H_u = H_\theta\,t' t'^T + \mathrm{diag}(g_\theta t'')`), jitted; its attribute
+    ``theta_derivatives`` is the jitted parameter-space form (for the covariance).
+
+    Both are traced once however many times a fit calls them (optimiser, profile searches,
+    covariance): re-tracing a fold's autodiff at every call site was most of a new process's
+    tracing time (the compiled program is the same)."""
+    theta_derivatives = jax.jit(theta_derivatives)
+    d_bijection = jax.vmap(jax.grad(to_bounded))
+    d2_bijection = jax.vmap(jax.grad(jax.grad(to_bounded)))
+
+    @jax.jit
+    def derivatives(u):
+        value, grad_theta, hess_theta = theta_derivatives(to_bounded(u, lower, upper))
+        dt = d_bijection(u, lower, upper)
+        d2t = d2_bijection(u, lower, upper)
+        return (value, grad_theta * dt,
+                hess_theta * jnp.outer(dt, dt) + jnp.diag(grad_theta * d2t))
+
+    derivatives.theta_derivatives = theta_derivatives
+    return derivatives
+
+
 def levenberg_marquardt(fun, x0, *, derivatives=None, mask=None, max_iter=200, dtol=1e-8,
                         lam0=1e-3):
     r"""Minimise ``fun(x)`` by Levenberg-Marquardt-damped Newton steps on the exact Hessian.
