@@ -355,7 +355,9 @@ def venzon_moolgavkar(derivatives, x_best, f_best, cov_x, delta, *, max_iter=30,
         x, _, _, _, _, flag = jax.lax.while_loop(cond, body, state)
         return x[j], flag == BoundFlag.FOUND
 
-    values, ok = jax.vmap(solve)(index, sides)
+    # lanes one after another (lax.map): no batching of the derivatives to trace and compile,
+    # and a lane stops when it converges instead of running until the slowest one does
+    values, ok = jax.lax.map(lambda lane: solve(*lane), (index, sides))
     return values.reshape(n, 2), ok.reshape(n, 2)
 
 
