@@ -10,7 +10,10 @@ A :class:`SpectralData` holds, for the noticed channel groups only,
 * ``matrix`` = ARF x RMF restricted to the energy rows that reach a noticed channel and summed
   over channel groups, shape (n_energy, n_bins), and the matching energy grid
   ``e_lo``/``e_hi`` (keV; the ARF grid when there is an ARF, as in Sherpa, else the RMF's),
-* ``bin_lo``/``bin_hi``: EBOUNDS energy range of each noticed group (plots, reports).
+* ``bin_lo``/``bin_hi``: EBOUNDS energy range of each noticed group (plots, reports),
+* ``background_matrix``: the background spectrum's own ARF x RMF on the same energy rows and
+  groups, when the background file names its own response (RESPFILE/ANCRFILE; Sherpa's
+  ``get_bkg_rmf``/``get_bkg_arf``), else None (the background uses ``matrix``).
 
 Predicted source counts are :math:`\mu = T_s\,\mathrm{AREASCAL}\,(N @ \mathrm{matrix})`.
 Channel selection follows Sherpa/XSPEC: a channel is used when its EBOUNDS interval overlaps
@@ -81,6 +84,7 @@ class SpectralData:
     background_exposure: jax.Array | None = None
     background_areascal: jax.Array | None = None
     background_error: jax.Array | None = None
+    background_matrix: jax.Array | None = None
     name: str = "spectrum"
 
     @property
@@ -96,7 +100,7 @@ class SpectralData:
     def from_arrays(cls, counts, exposure, matrix, e_lo, e_hi, *, areascal=1.0,
                     background_counts=None, background_ratio=None, bin_lo=None, bin_hi=None,
                     background_exposure=None, background_areascal=1.0, background_error=None,
-                    name="spectrum"):
+                    background_matrix=None, name="spectrum"):
         """Build from arrays, validating shapes and values eagerly (clear errors, no NaN later).
 
         ``matrix`` is (n_energy, n_bins) in cm^2 (ARF x RMF), ``e_lo``/``e_hi`` the
@@ -105,6 +109,8 @@ class SpectralData:
         a background *model* (:mod:`bkgjax.fit.joint`) also needs the background's
         ``background_exposure`` (s) and ``background_areascal``; pgstat the background's
         Gaussian ``background_error`` (counts per bin, default :math:`\\sqrt{B}`).
+        ``background_matrix`` (n_energy, n_bins) in cm^2, on the same energy grid: the
+        background spectrum's own response (None: the background uses ``matrix``).
         """
         counts = np.asarray(counts, dtype=np.float64)
         _check_counts(counts, f"{name}: counts")
@@ -153,6 +159,19 @@ class SpectralData:
                 raise ValueError(f"{name}: background errors must be finite and >= 0")
         else:
             background_exposure = background_error = None
+        if background_matrix is not None:
+            if background_counts is None:
+                raise ValueError(f"{name}: background_matrix given without background_counts")
+            background_matrix = np.asarray(background_matrix, dtype=np.float64)
+            if background_matrix.shape != matrix.shape:
+                raise ValueError(
+                    f"{name}: background response matrix has shape {background_matrix.shape}, "
+                    f"expected the source matrix's {matrix.shape} (n_energy, n_bins) on the "
+                    "same energy grid"
+                )
+            if not np.all(np.isfinite(background_matrix)) or np.any(background_matrix < 0):
+                raise ValueError(f"{name}: background response matrix has NaN/inf or negative "
+                                 "entries")
         if bin_lo is None:
             bin_lo = np.arange(counts.shape[-1], dtype=np.float64)
             bin_hi = bin_lo + 1.0
@@ -173,6 +192,7 @@ class SpectralData:
             background_areascal=None if background_exposure is None
             else device(background_areascal),
             background_error=None if background_error is None else device(background_error),
+            background_matrix=None if background_matrix is None else device(background_matrix),
             name=name,
         )
 
@@ -219,7 +239,17 @@ class SpectralData:
         if arf is not None:
             response = response * np.asarray(arf.specresp)[:, None]
         grouped = response @ grouping_matrix[channels]
-        rows = np.nonzero(np.any(grouped > 0, axis=1))[0]
+        # Model evaluation grid: the ARF's when there is one (as Sherpa does).  ARF and RMF grids
+        # agree only to float32 precision (1e-7); on narrow bins at high energy that shifts a
+        # bin integral by up to 2e-4, so the choice matters at Sherpa's 1e-8 agreement level.
+        grid = arf if arf is not None else rmf
+        bkg_grouped = None
+        if use_background and files.background is not None and files.background_rmf is not None:
+            bkg_grouped = _background_response(files, grid, channels, grouping_matrix, name)
+        reached = np.any(grouped > 0, axis=1)
+        if bkg_grouped is not None:  # the energy rows either response needs
+            reached |= np.any(bkg_grouped > 0, axis=1)
+        rows = np.nonzero(reached)[0]
         if rows.size == 0:
             raise ValueError(f"{name}: the response has no non-zero entry in the noticed channels")
         rows = np.arange(rows.min(), rows.max() + 1)  # keep a contiguous energy grid
@@ -238,15 +268,12 @@ class SpectralData:
             t_b = bkg.exposure * _group_mean(bkg.backscal, grouping_matrix) * bkg_areascal
             t_s = src.exposure * _group_mean(src.backscal, grouping_matrix) * areascal
             ratio = t_b / t_s
-        # Model evaluation grid: the ARF's when there is one (as Sherpa does).  ARF and RMF grids
-        # agree only to float32 precision (1e-7); on narrow bins at high energy that shifts a
-        # bin integral by up to 2e-4, so the choice matters at Sherpa's 1e-8 agreement level.
-        grid = arf if arf is not None else rmf
         return cls.from_arrays(
             counts, src.exposure, grouped[rows], grid.energ_lo[rows], grid.energ_hi[rows],
             areascal=areascal, background_counts=bkg_counts, background_ratio=ratio,
             background_exposure=bkg_exposure, background_areascal=bkg_areascal,
             background_error=bkg_error, bin_lo=bin_lo, bin_hi=bin_hi, name=name,
+            background_matrix=None if bkg_grouped is None else bkg_grouped[rows],
         )
 
     def with_counts(self, counts, background_counts=None) -> "SpectralData":
@@ -284,7 +311,7 @@ class _Label:
 
 _DATA_FIELDS = ("counts", "exposure", "areascal", "matrix", "e_lo", "e_hi", "bin_lo", "bin_hi",
                 "background_counts", "background_ratio", "background_exposure",
-                "background_areascal", "background_error")
+                "background_areascal", "background_error", "background_matrix")
 
 
 def _flatten_with_keys(data):
@@ -316,6 +343,30 @@ def _to_device(value, dtype=None):
     if isinstance(value, (bool, int, float, complex)) and dtype is None:  # Python scalar: weak type
         return jax.device_put(value)
     return jax.device_put(np.asarray(value, dtype=dtype))
+
+
+def _background_response(files: SpectrumFiles, grid, channels, grouping_matrix, name):
+    """The background's own ARF x RMF summed over the channel groups, for the used channels
+    only (like the source's).  One model evaluation grid serves both spectra, so the
+    background response must share the source's energy grid (Sherpa evaluates the background
+    model on the background ARF's grid: the same bins, to float32 precision, here)."""
+    rmf, arf = files.background_rmf, files.background_arf
+    own_grid = arf if arf is not None else rmf
+    where = own_grid.path or "<in-memory response>"
+    if own_grid.n_energy != grid.n_energy or not (
+            np.allclose(own_grid.energ_lo, grid.energ_lo, rtol=1e-6)
+            and np.allclose(own_grid.energ_hi, grid.energ_hi, rtol=1e-6)):
+        raise ValueError(
+            f"{name}: the background's response {where} has {own_grid.n_energy} energy bins "
+            f"{float(own_grid.energ_lo[0]):g}-{float(own_grid.energ_hi[-1]):g} keV, the source's "
+            f"{grid.n_energy} bins {float(grid.energ_lo[0]):g}-{float(grid.energ_hi[-1]):g} keV: "
+            "both spectra are modelled on one energy grid; use a background response on the "
+            "source's grid, or load(..., background_response=False) for the source's response"
+        )
+    response = rmf.dense(columns=channels)
+    if arf is not None:
+        response = response * np.asarray(arf.specresp)[:, None]
+    return response @ grouping_matrix[channels]
 
 
 def _group_mean(values, grouping_matrix):
@@ -355,13 +406,16 @@ def _check_ranges(name, erange, ignore):
 
 
 def load(pha, erange=None, *, ignore=(), grouping="file", rmf=None, arf=None, background="auto",
-         use_background=True, row=None) -> SpectralData:
+         use_background=True, row=None, background_response=True) -> SpectralData:
     """Read a PHA (+ background, RMF, ARF from its header keywords or the arguments) and build
     a :class:`SpectralData` noticing ``erange = (lo, hi)`` keV minus the ``ignore`` ranges
     (a sequence of (lo, hi) pairs), with ``grouping`` ``"file"`` (default), ``"none"``,
-    ``"min-counts:N"`` or ``"min-snr:S"`` (:mod:`bkgjax.fit.grouping`)."""
+    ``"min-counts:N"`` or ``"min-snr:S"`` (:mod:`bkgjax.fit.grouping`).  A background that
+    names its own RESPFILE/ANCRFILE gets ``background_matrix`` from them
+    (:func:`bkgjax.io.load_spectrum`; ``background_response=False``: the source's)."""
     files = load_spectrum(pha, rmf=rmf, arf=arf,
-                          background=background if use_background else None, row=row)
+                          background=background if use_background else None, row=row,
+                          background_response=background_response)
     return SpectralData.from_files(files, erange, ignore=ignore, grouping=grouping,
                                    use_background=use_background)
 

@@ -10,14 +10,18 @@ A :class:`JointModel` holds the *global* parameter table of a joint fit:
 * with a ``background`` model, its parameters prefixed ``bkg.`` (per data set too when
   named in ``per_dataset``).
 
-The background model ``B(E)`` (photons/cm^2/s in the background region) is folded through the
-data set's response; it predicts :math:`\mu_b = T_b A_b\,(B @ M)` counts in the background
-spectrum and :math:`\mu_b / r` in the source spectrum, with
+The background model ``B(E)`` (photons/cm^2/s in the background region) predicts
+:math:`\mu_b = T_b A_b\,(B @ M_b)` counts in the background spectrum, :math:`M_b` the
+background's own response when its file names one (``SpectralData.background_matrix``; Sherpa's
+``get_bkg_model``: ``Response1D(bkg)``), else the source's :math:`M`; and
+:math:`T_b A_b\,(B @ M) / r` in the source spectrum, through the SOURCE response, with
 :math:`r = T_b\,\mathrm{BACKSCAL}_b A_b / (T_s\,\mathrm{BACKSCAL}_s A_s)` the ratio the
-W-statistic uses; the source spectrum's model is
-:math:`\mu_s = T_s A_s (S @ M) + \mu_b / r` (Sherpa's ``set_bkg_model``: the background model
-scaled by the BACKSCAL and AREASCAL ratios, through the source response).  The statistic is
-summed over all source spectra and, with a background model, all background spectra.
+W-statistic uses: the source spectrum's model is
+:math:`\mu_s = T_s A_s\,(S + (\mathrm{BACKSCAL}_s/\mathrm{BACKSCAL}_b)\,B) @ M` (Sherpa's
+``set_bkg_model``, ``sherpa.astro.background.get_response_for_pha``: the source response
+applied to the source model plus the background model scaled by the BACKSCAL ratio).  The
+statistic is summed over all source spectra and, with a background model, all background
+spectra.
 
 Everything that shapes the computation (expressions, which global parameter feeds which
 position of which data set) is a hashable :class:`JointStructure`, the static argument of
@@ -91,24 +95,47 @@ def _fluxes(structure: JointStructure, theta, k, data: SpectralData):
     return jnp.stack(rows)
 
 
-def _fold(folded, data: SpectralData, with_background: bool):
-    """Counts of the spectra of one data set from the folded flux rows ``folded[..., row, bin]``
-    (linear, so it maps derivative rows too): source spectrum, then background spectrum."""
+def _folded(fluxes, data: SpectralData, with_background: bool):
+    """Flux rows ``fluxes[..., row, energy]`` (source, background model) through the responses:
+    ``[..., row, bin]`` rows source and background model through the source response, then,
+    when the background has its own response, the background model through it."""
+    folded = fluxes @ data.matrix
+    if with_background and data.background_matrix is not None:
+        folded = jnp.concatenate([folded, fluxes[..., 1:2, :] @ data.background_matrix], axis=-2)
+    return folded
+
+
+def _fold_parts(folded, data: SpectralData):
+    """(source model in the source spectrum, background model in the source spectrum,
+    background model in the background spectrum) from :func:`_folded` rows."""
     scale_s = data.exposure * data.areascal
-    if not with_background:
-        return (scale_s * folded[..., 0, :],)
     scale_b = data.background_exposure * data.background_areascal
-    mu_b = scale_b * folded[..., 1, :]
-    return (scale_s * folded[..., 0, :] + mu_b / data.background_ratio, mu_b)
+    return (scale_s * folded[..., 0, :], scale_b * folded[..., 1, :] / data.background_ratio,
+            scale_b * folded[..., -1, :])
+
+
+def _fold(folded, data: SpectralData, with_background: bool):
+    """Counts of the spectra of one data set from the folded rows ``folded[..., row, bin]``
+    of :func:`_folded` (linear, so it maps derivative rows too): source spectrum, then
+    background spectrum."""
+    if not with_background:
+        return (data.exposure * data.areascal * folded[..., 0, :],)
+    source, background_in_source, background = _fold_parts(folded, data)
+    return (source + background_in_source, background)
 
 
 def _fold_adjoint(s1, data: SpectralData, with_background: bool):
-    """Transpose of :func:`_fold`: per-spectrum per-bin weights -> per-row channel weights."""
+    """Transpose of ``_fold(_folded(.))``: per-spectrum per-bin weights -> per-flux-row
+    energy weights ``(rows, n_energy)``."""
     scale_s = data.exposure * data.areascal
     if not with_background:
-        return (scale_s * s1[0])[None]
+        return (scale_s * s1[0])[None] @ data.matrix.T
     scale_b = data.background_exposure * data.background_areascal
-    return jnp.stack([scale_s * s1[0], scale_b * (s1[0] / data.background_ratio + s1[1])])
+    in_source = scale_b * s1[0] / data.background_ratio
+    if data.background_matrix is None:
+        return jnp.stack([scale_s * s1[0], in_source + scale_b * s1[1]]) @ data.matrix.T
+    weights = jnp.stack([scale_s * s1[0], in_source]) @ data.matrix.T
+    return weights.at[1].add((scale_b * s1[1]) @ data.background_matrix.T)
 
 
 def _background_spectrum(data: SpectralData) -> SpectralData:
@@ -143,13 +170,13 @@ def joint_predicted(structure: JointStructure, theta, datasets):
     out = []
     with_bkg = structure.background is not None
     for k, data in enumerate(datasets):
-        folded = _fluxes(structure, theta, k, data) @ data.matrix
-        mus = _fold(folded, data, with_bkg)
-        entry = {"source": mus[0]}
+        folded = _folded(_fluxes(structure, theta, k, data), data, with_bkg)
         if with_bkg:
-            entry["background"] = mus[1]
-            entry["source_background"] = mus[1] / data.background_ratio
-            entry["source_model"] = mus[0] - entry["source_background"]
+            source, background_in_source, background = _fold_parts(folded, data)
+            entry = {"source": source + background_in_source, "background": background,
+                     "source_background": background_in_source, "source_model": source}
+        else:
+            entry = {"source": _fold(folded, data, False)[0]}
         out.append(entry)
     return tuple(out)
 
@@ -159,7 +186,7 @@ def joint_statistic(structure: JointStructure, stat: str, theta, datasets):
     with_bkg = structure.background is not None
     total = 0.0
     for k, data in enumerate(datasets):
-        mus = _fold(_fluxes(structure, theta, k, data) @ data.matrix, data, with_bkg)
+        mus = _fold(_folded(_fluxes(structure, theta, k, data), data, with_bkg), data, with_bkg)
         total = total + sum(jnp.sum(v) for v in _per_bin(stat, mus, data, with_bkg))
     return total
 
@@ -196,7 +223,7 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
             flux_k = lambda t, k=k, data=data: _fluxes(structure, expand(t), k, data)  # noqa: E731
             flux, flux_jvp = jax.linearize(flux_k, theta)
             flux_jac = jax.vmap(flux_jvp)(basis)                             # (n, rows, E)
-            folded = jnp.concatenate([flux[None], flux_jac], axis=0) @ data.matrix
+            folded = _folded(jnp.concatenate([flux[None], flux_jac], axis=0), data, with_bkg)
             mus = _fold(folded, data, with_bkg)                              # (n+1, C) each
             spectra = _spectra(data, with_bkg)
             s1_all = []
@@ -209,7 +236,7 @@ def joint_derivatives(structure: JointStructure, stat, free_idx, theta_fixed, da
                 grad = grad + jac @ s1
                 hess = hess + (jac * s2) @ jac.T
                 s1_all.append(s1)
-            weights = _fold_adjoint(s1_all, data, with_bkg) @ data.matrix.T  # (rows, E)
+            weights = _fold_adjoint(s1_all, data, with_bkg)                  # (rows, E)
             hess = hess + jax.jacfwd(jax.jacfwd(
                 lambda t, f=flux_k, w=weights: jnp.sum(f(t) * w)))(theta)
         return value, grad, hess

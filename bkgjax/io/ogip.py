@@ -1,5 +1,6 @@
 """OGIP spectra: the PHA reader (type I and II), source + background + response loading
-(:func:`load_spectrum`, following BACKFILE/RESPFILE/ANCRFILE), grouping and channel filters.
+(:func:`load_spectrum`, following BACKFILE/RESPFILE/ANCRFILE, and the background's own
+RESPFILE/ANCRFILE), grouping and channel filters.
 
 Responses are read by :mod:`bkgjax.io.response`, files written by :mod:`bkgjax.io.writers`.
 Everything here is plain NumPy (files read by :mod:`bkgjax.io.fastfits`, or by
@@ -204,12 +205,20 @@ class SpectrumFiles:
     background : PHA or None
     rmf : RMF
     arf : ARF or None
+    background_rmf, background_arf : RMF, ARF or None
+        The background spectrum's own response, from the background file's RESPFILE /
+        ANCRFILE (Sherpa's ``get_bkg_rmf`` / ``get_bkg_arf``): ``background_rmf`` is None when
+        the background uses the source's response (it names none, names the same files, or
+        its files are missing); otherwise it is set, and ``background_arf`` is the ARF to go
+        with it (None: no ARF).  See :func:`load_spectrum`.
     """
 
     source: PHA
     background: PHA | None
     rmf: RMF
     arf: ARF | None
+    background_rmf: RMF | None = None
+    background_arf: ARF | None = None
 
 
 def _select_spectrum_hdu(hdul: fits.HDUList, hdu: Any, fname: str) -> int:
@@ -549,8 +558,49 @@ def _missing_aux(source: PHA, keyword: str, path: str, hint: str) -> MissingFile
     )
 
 
+def _background_response(background: PHA, rmf: RMF, arf: ARF | None
+                         ) -> tuple[RMF | None, ARF | None]:
+    """The background's own (RMF, ARF) from its RESPFILE / ANCRFILE, or (None, None) when
+    it uses the source's ``rmf`` / ``arf`` (see :func:`load_spectrum`)."""
+    own: dict[str, Any] = {}
+    for keyword, path, reader, source_file, what in (
+            ("RESPFILE", background.respfile, read_rmf, rmf, "RMF"),
+            ("ANCRFILE", background.ancrfile, read_arf, arf, "ARF")):
+        own[keyword] = None
+        if path is None:  # 'none', empty or absent
+            continue
+        if source_file is not None and source_file.path is not None \
+                and os.path.isfile(path) and _same_file(path, source_file.path):
+            own[keyword] = source_file  # the same file as the source's: not read twice
+            continue
+        if not os.path.isfile(path):
+            # Sherpa's load_pha: "unable to read RMF (background): file ... not found", and the
+            # background keeps the source's response
+            value = background.file_keywords.get(keyword) or os.path.basename(path)
+            full = own.get("RESPFILE") is not None and own["RESPFILE"].is_full
+            instead = "no ARF (its RMF is a full response)" if full else f"the source's {what}"
+            warnings.warn(
+                f"{background.path}: background header keyword {keyword} names '{value}', "
+                f"which was not found at {path_candidates(path)}; the background spectrum uses "
+                f"{instead} instead",
+                stacklevel=3,
+            )
+            continue
+        own[keyword] = reader(path)
+    bkg_rmf, bkg_arf = own["RESPFILE"], own["ANCRFILE"]
+    if bkg_rmf is None and bkg_arf is None:
+        return None, None
+    if bkg_rmf is None:
+        bkg_rmf = rmf
+    if bkg_arf is None and own["RESPFILE"] is not None and not bkg_rmf.is_full:
+        bkg_arf = arf  # a redistribution matrix without an effective area would give cm^-2
+    if bkg_rmf is rmf and bkg_arf is arf:
+        return None, None
+    return bkg_rmf, bkg_arf
+
+
 def load_spectrum(pha_path, *, rmf=None, arf=None, background="auto", row=None,
-                  spec_num=None, hdu=None) -> SpectrumFiles:
+                  spec_num=None, hdu=None, background_response=True) -> SpectrumFiles:
     """Load a PHA spectrum with its background, RMF and ARF (OGIP/92-007, CAL/GEN/92-002).
 
     Parameters
@@ -568,15 +618,31 @@ def load_spectrum(pha_path, *, rmf=None, arf=None, background="auto", row=None,
         Type II row selection (also applied to a type II background file).
     hdu : int or str, optional
         Spectrum HDU in the source file.
+    background_response : bool
+        True (default): read the background file's own RESPFILE / ANCRFILE (resolved
+        relative to the background file) into ``background_rmf`` / ``background_arf``, as
+        Sherpa's ``load_pha`` does; False: the background uses the source's response.
 
     Returns
     -------
     SpectrumFiles
 
+    Notes
+    -----
+    The background's response follows Sherpa 4.19 (``sherpa.astro.io.read_pha``): a keyword
+    that is absent, empty or 'none' names no file; a named file that does not exist gives a
+    warning naming the keyword and the file and is treated as not named; when the
+    background names neither, or the same files as the source uses, it uses the source's
+    response (``background_rmf`` None).  When it names only one of them, Sherpa folds the
+    background model through that one alone (an ARF alone treats energy bins as channels,
+    an RMF alone drops the effective area); here the missing piece is the source's instead:
+    its RMF, or its ARF unless the background's own matrix is a full response
+    (HDUCLAS3='FULL').
+
     Raises
     ------
     MissingFileError
-        A file named in RESPFILE / ANCRFILE / BACKFILE does not exist.
+        A file named in the source's RESPFILE / ANCRFILE / BACKFILE does not exist.
     BkgjaxIOError
         No response available, or the pieces do not fit (see :func:`check_compatible`).
     """
@@ -637,7 +703,13 @@ def load_spectrum(pha_path, *, rmf=None, arf=None, background="auto", row=None,
         bkg = read_pha(background)
 
     check_compatible(source, the_rmf, the_arf, bkg)
-    return SpectrumFiles(source=source, background=bkg, rmf=the_rmf, arf=the_arf)
+    bkg_rmf = bkg_arf = None
+    if bkg is not None and background_response:
+        bkg_rmf, bkg_arf = _background_response(bkg, the_rmf, the_arf)
+        if bkg_rmf is not None:
+            check_compatible(bkg, bkg_rmf, bkg_arf)
+    return SpectrumFiles(source=source, background=bkg, rmf=the_rmf, arf=the_arf,
+                         background_rmf=bkg_rmf, background_arf=bkg_arf)
 
 
 def channel_overlap_mask(e_min, e_max, lo: float, hi: float) -> np.ndarray:
