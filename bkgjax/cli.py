@@ -3,7 +3,8 @@ each mission package register (``register(subparsers)``, each subcommand setting
 ``func=handler``); ``main`` dispatches to ``args.func``.
 
 * ``bkgjax demo`` (the main job) and ``bkgjax nustar-cxb``: :mod:`bkgjax.missions.nustar_cxb.cli`.
-* ``bkgjax detect``, ``simulate-survey``, ``catalogue``: :mod:`bkgjax.missions.nustar_survey.cli`.
+* ``bkgjax detect``, ``simulate-survey``, ``catalogue``, ``survey-tracks``:
+  :mod:`bkgjax.missions.nustar_survey.cli`.
 * ``bkgjax acis-pback``: :mod:`bkgjax.missions.acis.cli`.
 * ``bkgjax isgri-ridge``: :mod:`bkgjax.missions.isgri.cli`.
 * ``bkgjax fit-spectrum``, ``demo-spectrum``: :mod:`bkgjax.spectrum_cli` (the core).

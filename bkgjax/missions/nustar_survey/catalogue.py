@@ -40,6 +40,19 @@ count *rates*); flat gamma priors (shape 1, BEHR's default); mode with the 68.27
 interval (HR, HR_LOWER, HR_UPPER), plus median and equal-tail interval, and the colour
 C = log10(S/H) (median, equal-tail interval).  NaN where a band is missing or unexposed.
 
+Obscuration (sections 5.6 and 6.1, :func:`add_obscuration_columns`,
+:mod:`bkgjax.missions.nustar_survey.tracks`): the intrinsic column implied by HR, HR_LOWER and
+HR_UPPER on the absorbed power-law track (Gamma = 1.8) at the source's redshift, or z = 0.734
+where unknown: LOG_NH, LOG_NH_LOWER, LOG_NH_UPPER as log10(N_H / cm^-2), flags
+LOG_NH*_FLAG (-1: HR below the N_H = 1e20 track, an upper limit; +1: above the 10^24.5 track,
+a lower limit), NH_REDSHIFT, NH_Z_ASSUMED; the Compton-thick class CT_CLASS ("good": HR_LOWER
+above the N_H = 1e24 track at z, or at z = 0 when z is unknown; "candidate": HR above it at
+z or 0.734; "possible": HR_UPPER above it; "no"), CT_CANDIDATE (good or candidate) and the
+thresholds CT_HR_THRESHOLD(_Z0).  The CT fraction with its 1-sigma range (good / N to (good +
+candidate + possible) / N) is in ``meta`` (CTFRAC, CTFRACLO, CTFRACHI, CTNSRC, CTNGOOD,
+CTNCAND, CTNPOSS).  ``build_master_catalogue`` fills them with every redshift unknown; call
+:func:`add_obscuration_columns` with the redshifts once the counterparts are known.
+
 Variability (section 6.2): with ``epochs`` = {band: [SurveyImages of epoch 1, 2, ...]},
 forced 20" photometry at the master position in each epoch, per-epoch rates, the paper's
 pairwise test at 90 % (:func:`bkgjax.stats.variability.pairwise_rate_test`; VAR_PROB is the
@@ -72,6 +85,7 @@ __all__ = [
     "build_master_catalogue",
     "master_catalogue_from_images",
     "write_master_catalogue",
+    "add_obscuration_columns",
 ]
 
 MATCH_RADIUS_ARCSEC = 30.0
@@ -347,6 +361,8 @@ def build_master_catalogue(detections, images=None, *, epochs=None,
                                 ("COLOUR_UPPER", res.colour_upper)):
                 out[name][ok] = value
 
+    add_obscuration_columns(out)
+
     # variability between epochs
     for band, ims in epochs.items():
         tag = band_tag(band)
@@ -383,6 +399,37 @@ def build_master_catalogue(detections, images=None, *, epochs=None,
                      "APCORR": ns.APERTURE_CORRECTION,
                      "BANDS": ",".join(all_bands)})
     return out
+
+
+def add_obscuration_columns(table, redshift=None, **model):
+    """Add (or replace) the implied-N_H and Compton-thick columns and the CT-fraction
+    ``meta`` of a master catalogue with HR, HR_LOWER, HR_UPPER (module docstring).
+
+    ``redshift``: None (the table's REDSHIFT column if it has one, else all unknown), a
+    column name, or an array per source with NaN where unknown.  ``model``: keywords of
+    :func:`bkgjax.missions.nustar_survey.tracks.obscuration_columns` (``compton``,
+    ``response``, ``gamma``, ...).  Returns the CT-fraction summary dict."""
+    from bkgjax.missions.nustar_survey import tracks
+
+    if isinstance(redshift, str) or (redshift is None and "REDSHIFT" in table.colnames):
+        # masked entries (no counterpart redshift) become NaN: unknown
+        redshift = np.ma.filled(np.ma.asarray(table[redshift or "REDSHIFT"], dtype=float),
+                                np.nan)
+    cols, summary = tracks.obscuration_columns(table["HR"], table["HR_LOWER"],
+                                               table["HR_UPPER"], redshift, **model)
+    for name, value in cols.items():
+        table[name] = value
+    for name in ("LOG_NH", "LOG_NH_LOWER", "LOG_NH_UPPER"):
+        table[name].description = "log10(N_H / cm^-2) implied by HR (tracks.py)"
+    table.meta.update({"CTNSRC": summary["n_sources"], "CTNGOOD": summary["n_good"],
+                       "CTNCAND": summary["n_candidate"], "CTNPOSS": summary["n_possible"],
+                       "NHMODEL": summary["model"]})
+    for key, name in (("CTFRAC", "fraction"), ("CTFRACLO", "lower"), ("CTFRACHI", "upper")):
+        if np.isfinite(summary[name]):  # no fraction without sources (FITS has no NaN)
+            table.meta[key] = summary[name]
+        else:
+            table.meta.pop(key, None)
+    return summary
 
 
 def master_catalogue_from_images(images, *, thresholds=None, reliability: int = 95,

@@ -1,5 +1,6 @@
 """``bkgjax detect`` (source detection on survey mosaics), ``bkgjax simulate-survey`` (the
-calibration by simulations) and ``bkgjax catalogue`` (the master catalogue across bands)."""
+calibration by simulations), ``bkgjax catalogue`` (the master catalogue across bands) and
+``bkgjax survey-tracks`` (hardness-ratio tracks, conversion factors, Fig. 14)."""
 
 from __future__ import annotations
 
@@ -123,11 +124,75 @@ def _catalogue(args) -> int:
         print(f"error: {err}", file=sys.stderr)
         return 2
     print(f"wrote {args.out}: {len(master)} source(s) merged over {len(images)} band(s)")
+    _print_ct_fraction(master.meta)
+    return 0
+
+
+def _print_ct_fraction(meta) -> None:
+    """One line on the Compton-thick fraction from a master catalogue's ``meta``."""
+    n = int(meta.get("CTNSRC", 0))
+    if not n:
+        return
+    print(f"Compton-thick fraction {100 * meta['CTFRAC']:.0f} % "
+          f"[{100 * meta['CTFRACLO']:.0f}-{100 * meta['CTFRACHI']:.0f} %] of {n} source(s) "
+          f"with an HR: {meta['CTNGOOD']} good, {meta['CTNCAND']} candidate(s), "
+          f"{meta['CTNPOSS']} possible ({meta['NHMODEL']})")
+
+
+def _survey_tracks(args) -> int:
+    import json
+
+    from bkgjax.io import BkgjaxIOError
+    from bkgjax.missions.nustar_survey import tracks as tk
+    from bkgjax.missions.nustar_survey.catalogue import add_obscuration_columns
+    from bkgjax.missions.nustar_survey.instrument import BANDS
+    from bkgjax.missions.nustar_survey.plots import write_hardness_figure
+
+    t0 = time.perf_counter()
+    try:
+        if args.rmf and not args.arf:
+            raise ValueError("--rmf needs --arf")
+        if not 0 < args.psf_fraction <= 1:
+            raise ValueError(f"--psf-fraction must be in (0, 1], got {args.psf_fraction}")
+        response = tk.band_response(args.arf, args.rmf, area_scale=1.0 / args.psf_fraction) \
+            if args.arf else None
+        model = {"gamma": args.gamma}
+        grid = tk.track_grid(step_log_nh=args.step_log_nh, step_z=args.step_z)
+        plain = tk.hardness_tracks(*grid, response, **model)
+        compton = tk.hardness_tracks(*grid, response, compton="rest", **model)
+        cf = tk.conversion_factors(response, **model)
+        sources = None
+        if args.catalogue:
+            from astropy.table import Table
+
+            sources = Table.read(args.catalogue)
+            add_obscuration_columns(sources, response=response, **model)
+        os.makedirs(args.out, exist_ok=True)
+        tracks_path = tk.write_tracks(os.path.join(args.out, "hardness_tracks.ecsv"),
+                                      [plain, compton])
+        cf_path = os.path.join(args.out, "conversion_factors.json")
+        with open(cf_path, "w") as fh:
+            json.dump({"unit": "erg cm^-2 count^-1 (one module)", "response": plain.response,
+                       "model": plain.model_string(), "gamma": args.gamma,
+                       "bands": {b: {"cf": v, "paper": BANDS[b].cf, "ratio": v / BANDS[b].cf}
+                                 for b, v in cf.items()}}, fh, indent=1)
+        figure = write_hardness_figure(os.path.join(args.out, "fig14_hardness_ratio.png"),
+                                       plain, sources, compton)
+    except (BkgjaxIOError, ValueError, FileNotFoundError, OSError) as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 2
+    print(f"{'band':>6s} {'CF model':>10s} {'paper':>10s}  (erg cm^-2 count^-1)")
+    for band, value in cf.items():
+        print(f"{band:>6s} {value:10.3e} {BANDS[band].cf:10.3e}")
+    if sources is not None:
+        _print_ct_fraction(sources.meta)
+    print(f"wrote {tracks_path}, {cf_path}, {figure} ({time.perf_counter() - t0:.1f} s)")
     return 0
 
 
 def register(sub) -> None:
-    """Add ``detect``, ``simulate-survey`` and ``catalogue`` to the ``bkgjax`` subparsers."""
+    """Add ``detect``, ``simulate-survey``, ``catalogue`` and ``survey-tracks`` to the
+    ``bkgjax`` subparsers."""
     det = sub.add_parser("detect", help="NuSTAR deep-survey source detection (catalogue)")
     det.add_argument("--counts", required=True, help="counts image (FITS)")
     det.add_argument("--background", required=True, help="background image, counts/pixel")
@@ -171,3 +236,25 @@ def register(sub) -> None:
     cat.add_argument("--out", required=True, help="master catalogue (.fits or .ecsv)")
 
     cat.set_defaults(func=_catalogue)
+
+    trk = sub.add_parser("survey-tracks",
+                         help="NuSTAR survey hardness-ratio tracks, count-rate-to-flux factors "
+                              "and the HR figure (Zhao et al. 2021 Fig. 14)")
+    trk.add_argument("--out", required=True, help="output folder (ECSV, JSON, PNG)")
+    trk.add_argument("--arf", default=None,
+                     help="point-source ARF (default: the shipped NuSTAR FPMA point-source ARF)")
+    trk.add_argument("--rmf", default=None, help="RMF for --arf (default: diagonal)")
+    trk.add_argument("--psf-fraction", type=float, default=1.0,
+                     help="PSF fraction of the --arf extraction region, divided out to give "
+                          "full-PSF count rates (default 1)")
+    trk.add_argument("--gamma", type=float, default=1.8, help="photon index (default 1.8)")
+    trk.add_argument("--step-log-nh", type=float, default=0.1,
+                     help="track grid step in log10 N_H (default 0.1; the Fig. 14 columns are "
+                          "always included)")
+    trk.add_argument("--step-z", type=float, default=0.1,
+                     help="track grid step in redshift, 0 to 3 (default 0.1; 0.734 included)")
+    trk.add_argument("--catalogue", default=None,
+                     help="master catalogue with HR, HR_LOWER, HR_UPPER (and REDSHIFT, NaN "
+                          "where unknown) to plot and classify")
+
+    trk.set_defaults(func=_survey_tracks)

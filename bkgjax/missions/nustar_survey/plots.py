@@ -7,7 +7,7 @@ import os
 
 import numpy as np
 
-__all__ = ["write_figures"]
+__all__ = ["write_figures", "write_hardness_figure"]
 
 _STYLE = {"3-24": ("k", "-"), "3-8": ("k", "--"), "8-24": ("k", "-."), "8-16": ("g", "-"),
           "16-24": ("b", "-")}
@@ -181,3 +181,95 @@ def write_figures(per_band: dict, cfg, out_dir: str) -> list:
     ax.legend(fontsize=8)
     paths.append(_save(fig, out_dir, "spurious_check.png"))
     return paths
+
+
+def _column(sources, name):
+    if sources is None:
+        return None
+    names = getattr(sources, "colnames", None) or list(sources)
+    return np.asarray(sources[name], dtype=float) if name in names else None
+
+
+def _power_label(value):
+    """1e+24 -> '10$^{24}$ cm$^{-2}$', 3e+24 -> '3 x 10$^{24}$ cm$^{-2}$' (matplotlib)."""
+    mantissa, exponent = f"{value:.1e}".split("e")
+    mantissa = mantissa.rstrip("0").rstrip(".")
+    prefix = "" if mantissa == "1" else mantissa + r" $\times$ "
+    return f"{prefix}10$^{{{int(exponent)}}}$ cm$^{{-2}}$"
+
+
+def write_hardness_figure(path, tracks, sources=None, compton_tracks=None):
+    """Fig. 14 of Zhao et al. (2021) as a PNG at ``path``; returns the path.
+
+    Upper panel: HR (1-sigma interval) of each source against its ID, with the model HR for
+    N_H = 1e24 (red) and 1e20 cm^-2 (black) at z = 0 (dashed) and z = 0.734 (dash-dot).
+    Lower panel: HR against redshift for the sources with a known redshift (``REDSHIFT``,
+    or ``NH_REDSHIFT`` where ``NH_Z_ASSUMED`` is False), and the tracks HR(z) for N_H = 3e24,
+    1e24, 5e23, 1e23 and 1e20 cm^-2 (dashed; dotted: ``compton_tracks``, the same with
+    Compton scattering).  ``tracks``: :class:`bkgjax.missions.nustar_survey.tracks.HardnessTracks`
+    holding those columns and z = 0 and 0.734; ``sources``: a table (or dict) with ``HR``,
+    ``HR_LOWER``, ``HR_UPPER`` and optionally ``ID`` and ``CT_CANDIDATE`` (drawn red)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    from bkgjax.missions.nustar_survey import tracks as tk
+
+    fig, (ax_id, ax_z) = plt.subplots(2, 1, figsize=(7.5, 10.5))
+    hr = _column(sources, "HR")
+    if hr is not None and hr.size:
+        lower, upper = _column(sources, "HR_LOWER"), _column(sources, "HR_UPPER")
+        ids = _column(sources, "ID")
+        ids = np.arange(1, hr.size + 1) if ids is None else ids
+        ct = _column(sources, "CT_CANDIDATE")
+        ct = np.zeros(hr.size, bool) if ct is None else ct.astype(bool)
+        err = np.array([hr - lower, upper - hr])
+        z = _column(sources, "REDSHIFT")
+        if z is None and _column(sources, "NH_Z_ASSUMED") is not None:
+            z = np.where(_column(sources, "NH_Z_ASSUMED").astype(bool), np.nan,
+                         _column(sources, "NH_REDSHIFT"))
+        for mask, colour, label in ((~ct, "tab:blue", "sources"),
+                                    (ct, "tab:red", "CT candidates")):
+            if mask.any():
+                ax_id.errorbar(ids[mask], hr[mask], yerr=err[:, mask], fmt="o", ms=4,
+                               color=colour, lw=0.8, capsize=2, label=label)
+            known = mask & np.isfinite(z) if z is not None else np.zeros(hr.size, bool)
+            if known.any():
+                ax_z.errorbar(z[known], hr[known], yerr=err[:, known], fmt="o", ms=4,
+                              color=colour, lw=0.8, capsize=2, label=f"{label} with z")
+    span = (0.0, 1.0) if hr is None or not hr.size else \
+        (float(np.nanmin(ids)) - 1.0, float(np.nanmax(ids)) + 1.0)
+    z_median = tk.MEDIAN_REDSHIFT
+    for nh, colour in ((1e24, "red"), (1e20, "black")):
+        along_z = tracks.track(nh)
+        for z_at, ls in ((0.0, "--"), (z_median, "-.")):
+            k = int(np.argmin(np.abs(tracks.redshift - z_at)))
+            ax_id.hlines(along_z[k], *span, colors=colour, linestyles=ls, lw=1.2,
+                         label=f"N$_H$ = {_power_label(nh)}, z = {tracks.redshift[k]:g}")
+    ax_id.set_xlim(*span)
+    ax_id.set_xlabel("source ID")
+    ax_id.set_ylabel("HR = (H - S)/(H + S)")
+    ax_id.set_ylim(-1.05, 1.05)
+    ax_id.set_title("S = 3-8 keV, H = 8-24 keV count rates")
+    ax_id.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+
+    colours = ("tab:purple", "tab:red", "tab:orange", "tab:green", "black", "tab:brown")
+    for nh, colour in zip(tk.PAPER_TRACK_NH_CM2, colours):
+        ax_z.plot(tracks.redshift, tracks.track(nh), ls="--", color=colour,
+                  label=f"N$_H$ = {_power_label(nh)}")
+        if compton_tracks is not None:
+            ax_z.plot(compton_tracks.redshift, compton_tracks.track(nh), ls=":", color=colour,
+                      lw=1.0)
+    if compton_tracks is not None:
+        ax_z.plot([], [], ls=":", color="grey", label="with Compton scattering (cabs)")
+    ax_z.set_xlabel("redshift z")
+    ax_z.set_ylabel("HR = (H - S)/(H + S)")
+    ax_z.set_xlim(float(tracks.redshift.min()), float(tracks.redshift.max()))
+    ax_z.set_ylim(-1.05, 1.05)
+    ax_z.set_title(f"absorbed power law, $\\Gamma$ = {tracks.gamma:g}, "
+                   f"Galactic N$_H$ = {_power_label(tracks.galactic_nh)}")
+    ax_z.legend(fontsize=7, loc="upper center", bbox_to_anchor=(0.5, -0.13), ncol=3)
+    out_dir = os.path.dirname(os.path.abspath(path))
+    os.makedirs(out_dir, exist_ok=True)
+    return _save(fig, out_dir, os.path.basename(path))
