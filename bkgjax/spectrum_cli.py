@@ -93,6 +93,32 @@ def _apply_parameter_flags(model, freezes, sets):
     return model, given
 
 
+def _apply_model_options(args, source, background_model):
+    """``--xsect``/``--abund`` as model options (:meth:`bkgjax.spectral.Model.with_options`)
+    of the source and background models; ValueError naming the flag and its value."""
+    from bkgjax.spectral.absorption import ABUNDANCES, CROSS_SECTIONS
+
+    for flag, key, value, offered in (("--xsect", "xsect", args.xsect, CROSS_SECTIONS),
+                                      ("--abund", "abund", args.abund, ABUNDANCES)):
+        if value is None:
+            continue
+        if value not in offered:
+            raise ValueError(f"{flag} {value!r}: not available; available: "
+                             f"{', '.join(offered)}")
+        try:
+            source = source.with_options(**{key: value})
+            if background_model is not None:
+                background_model = background_model.with_options(**{key: value})
+        except ValueError as err:
+            raise ValueError(f"{flag} {value!r}: {err}") from None
+    return source, background_model
+
+
+def _model_options_used(args) -> dict:
+    """The abundance table and cross-sections of the fit (XSPEC defaults when not given)."""
+    return {"abund": args.abund or "angr", "xsect": args.xsect or "vern"}
+
+
 def _error(message) -> int:
     print(f"error: {message}", file=sys.stderr)
     return 2
@@ -169,6 +195,10 @@ def _fit_spectrum(args) -> int:
             background_model = parse_model(args.bkg_model)
         except ValueError as err:
             return _error(f"--bkg-model: {err}")
+    try:  # XSPEC's global abund/xsect: the same options for the source and background models
+        source, background_model = _apply_model_options(args, source, background_model)
+    except ValueError as err:
+        return _error(str(err))
     datasets = []
     for pha in args.pha:
         try:
@@ -222,6 +252,7 @@ def _fit_spectrum(args) -> int:
         return _error(f"--stat {args.stat}: {err}")
     print(result)
     payload = result.to_dict()
+    payload["model_options"] = _model_options_used(args)
     payload["data"] = {"files": list(args.pha), "erange_keV": [lo, hi],
                        "ignore_keV": [list(r) for r in args.ignore], "grouping": str(grouping),
                        "n_bins": [d.n_bins for d in datasets],
@@ -382,6 +413,12 @@ def register(sub) -> None:
     fs.add_argument("--per-dataset", action="append", default=[], metavar="NAME",
                     help="give each data set its own copy NAME@K of this parameter "
                          "(repeatable; e.g. --per-dataset norm)")
+    fs.add_argument("--abund", default=None, type=str.lower, metavar="TABLE",
+                    help="abundance table of the absorption components (XSPEC abund): angr "
+                         "(default), aspl or wilm (tbabs only); recorded in the JSON")
+    fs.add_argument("--xsect", default=None, type=str.lower, metavar="SET",
+                    help="photoelectric cross-sections (XSPEC xsect): vern (default; the only "
+                         "set available)")
     fs.add_argument("--component", action="append", default=[], metavar="MODULE:NAME",
                     help="import a user model component, e.g. mypkg.models:myline (repeatable)")
     fs.add_argument("--flux", nargs=2, type=float, metavar=("LO", "HI"), default=None,

@@ -78,3 +78,19 @@ def _release_compiled_executables():
 
         jax.clear_caches()
         gc.collect()
+
+
+@pytest.fixture
+def clean_component_registry():
+    """The test leaves the component registry as it found it: components it registered
+    (directly, or by parsing ``atable{...}`` expressions) removed, replaced ones restored."""
+    from bkgjax.spectral import COMPONENTS, unregister_component
+
+    before = dict(COMPONENTS)
+    yield
+    for name in list(COMPONENTS):
+        if name not in before:
+            unregister_component(name)
+        elif COMPONENTS[name] is not before[name]:
+            COMPONENTS[name] = before[name]
+    assert COMPONENTS == before

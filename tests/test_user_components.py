@@ -37,17 +37,8 @@ LO = np.array([1.0, 1.5, 2.5, 3.0, 4.0])
 HI = np.array([1.5, 2.5, 3.0, 4.0, 6.0])
 
 
-@pytest.fixture(autouse=True)
-def clean_registry():
-    """Every test leaves COMPONENTS as it found it (added names removed, replaced restored)."""
-    before = dict(COMPONENTS)
-    yield
-    for name in list(COMPONENTS):
-        if name not in before:
-            unregister_component(name)
-        elif COMPONENTS[name] is not before[name]:
-            COMPONENTS[name] = before[name]
-    assert COMPONENTS == before
+#: every test leaves the component registry as it found it (tests/conftest.py)
+pytestmark = pytest.mark.usefixtures("clean_component_registry")
 
 
 # -- the test's components -------------------------------------------------------------------
@@ -363,7 +354,8 @@ def test_environment_variable_and_command_line(helper, monkeypatch, tmp_path, ca
                  "--no-background", "--json", str(out)])
     assert code == 0, capsys.readouterr().err
     assert "PhoIndex" in json.loads(out.read_text())["params"]
-    assert main(["fit-spectrum", demo_spectrum_path(), "--model", f"{name}_half*powerlaw"]) == 2
+    # XSPEC's conv*expr form is conv(expr) (issue 20); a bare convolution is an error
+    assert main(["fit-spectrum", demo_spectrum_path(), "--model", f"{name}_half + powerlaw"]) == 2
     assert f"convolution component '{name}_half' must be followed" in capsys.readouterr().err
     monkeypatch.setenv("BKGJAX_COMPONENTS", f"{module}:NOPE")
     with pytest.raises(ValueError, match=rf"BKGJAX_COMPONENTS.*{module}:NOPE.*no attribute"):
@@ -483,7 +475,9 @@ def test_load_component_registration_error_names_the_target(helper):
 
 def test_convolution_without_parentheses_and_misuse():
     register_all()
-    for text in ("cscale*powerlaw", "cscale", "cscale + powerlaw", "powerlaw*cscale",
+    # XSPEC's form, a convolution followed by "*", acts on the rest of its term (issue 20)
+    assert parse_expression("cscale*powerlaw") == parse_expression("cscale(powerlaw)")
+    for text in ("cscale*", "cscale", "cscale + powerlaw", "powerlaw*cscale",
                  "constant*cscale"):
         with pytest.raises(ValueError, match="convolution component 'cscale' must be followed "
                                              r"by a parenthesised expression.*cscale\(powerlaw\)"):

@@ -6,7 +6,9 @@ RMF ``MATRIX`` + ``EBOUNDS``, ARF ``SPECRESP``); :mod:`bkgjax.io.writers` writes
 :mod:`bkgjax.io.fits` and :mod:`bkgjax.io.keywords` hold the path/HDU/keyword helpers every
 reader uses;
 :mod:`bkgjax.io.xspec_model` reads XSPEC ``save model`` files into a parsed structure
-(evaluated by :mod:`bkgjax.spectral.xspec_terms`); :mod:`bkgjax.io.errors` the exceptions.
+(evaluated by :mod:`bkgjax.spectral.xspec_terms`); :mod:`bkgjax.io.table_model` reads XSPEC
+table model files (OGIP/92-009, evaluated by :mod:`bkgjax.spectral.table_model`);
+:mod:`bkgjax.io.errors` the exceptions.
 Mission file formats (event lists, CALDB pieces, tables) are read by the mission packages
 under :mod:`bkgjax.missions`.  Nothing in this package evaluates a model.
 
@@ -25,6 +27,7 @@ from .ogip import (
     read_pha,
 )
 from .response import ARF, RMF, read_arf, read_rmf
+from .table_model import TableModel, TableParameter, read_table_model
 from .xspec_model import XspecModel, XspecParameter, read_xspec_model
 
 _WRITERS = ("write_arf", "write_pha", "write_rmf")
@@ -57,4 +60,7 @@ __all__ = [
     "XspecModel",
     "XspecParameter",
     "read_xspec_model",
+    "TableModel",
+    "TableParameter",
+    "read_table_model",
 ]

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import dataclasses
 import difflib
+import functools
 import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
@@ -204,15 +205,97 @@ def _versions(expr) -> tuple:
     return tuple(sorted(found))
 
 
+def _normalise_options(options) -> tuple:
+    """Model options as a sorted tuple of ``(name, value)`` pairs (hashable, jit-static):
+    from such pairs or a mapping; values are hashable scalars (str, int, float, bool)."""
+    items = options.items() if isinstance(options, Mapping) else options
+    try:
+        pairs = [(key, value) for key, value in items]
+    except (TypeError, ValueError):
+        raise ValueError(f"model options must be (name, value) pairs or a mapping, got "
+                         f"{options!r}") from None
+    for key, value in pairs:
+        if not isinstance(key, str) or not isinstance(value, (str, int, float, bool)):
+            raise ValueError(f"model option {key!r}={value!r}: the name must be a string and "
+                             "the value a str, int, float or bool")
+    names = [key for key, _ in pairs]
+    if len(set(names)) != len(names):
+        raise ValueError(f"model options name {sorted(n for n in set(names) if names.count(n) > 1)} "
+                         "more than once")
+    return tuple(sorted(pairs))
+
+
+def _merge_options(first: tuple, second: tuple) -> tuple:
+    """The options of a combination of two models: every option either sets; the same
+    option set to different values is an error (it would change the other model's
+    components: options are model-wide settings, like XSPEC's ``abund``)."""
+    merged = dict(first)
+    for key, value in second:
+        if key in merged and merged[key] != value:
+            raise ValueError(f"cannot combine models with different options {key}="
+                             f"{merged[key]!r} and {key}={value!r}; set one value on both "
+                             "(Model.with_options)")
+        merged[key] = value
+    return tuple(sorted(merged.items()))
+
+
+def _check_options(expr, options: tuple) -> None:
+    """ValueError unless every option is taken by some registered component and the
+    components of ``expr`` accept the values (each is traced abstractly once with them: a
+    component rejects an unavailable value, e.g. an abundance table it has no data for)."""
+    if not options:
+        return
+    known = {name for spec in COMPONENTS.values() for name in spec.options}
+    for key, _ in options:
+        if key not in known:
+            close = difflib.get_close_matches(key, sorted(known))
+            raise ValueError(f"unknown model option {key!r}"
+                             + (f" (did you mean {close[0]!r}?)" if close else "")
+                             + f"; the registered components take: {', '.join(sorted(known))}")
+    values = dict(options)
+    names = set()
+
+    def walk(node):
+        if node[0] == "comp":
+            names.add(node[1])
+        else:
+            walk(node[1])
+            walk(node[2])
+
+    walk(expr)
+    real = jax.ShapeDtypeStruct((2,), jnp.result_type(float))
+    scalar = jax.ShapeDtypeStruct((), jnp.result_type(float))
+    for name in sorted(names):
+        spec = _spec(name)
+        given = {key: values[key] for key in spec.options if key in values}
+        if not given:
+            continue
+        leading = (real, real, real) if spec.kind == "con" else (real, real)
+        call = functools.partial(spec.function, **given)
+        try:
+            jax.eval_shape(call, *leading, *(scalar for _ in spec.params))
+        except ValueError as err:
+            raise ValueError(f"component {name!r}: {err}") from None
+
+
 @dataclass(frozen=True)
 class Model:
     """An additive or multiplicative spectral model expression with its parameters (or a bare
-    convolution component, kind ``"con"``, to be applied to one: :meth:`apply`)."""
+    convolution component, kind ``"con"``, to be applied to one: :meth:`apply`).
+
+    ``options`` are model-wide settings passed to the components that take them (XSPEC's
+    ``abund``/``xsect`` for the absorption components, :mod:`bkgjax.spectral.absorption`):
+    a sorted tuple of ``(name, value)`` pairs, ``()`` for the components' defaults (XSPEC's:
+    angr, vern).  Set them with :meth:`with_options` or ``parse_model(expr, abund="wilm")``;
+    they are part of :attr:`structure`, so models differing only in options never share a
+    compiled fit."""
 
     expr: tuple
     parameters: tuple
+    options: tuple = ()
 
     def __post_init__(self):
+        object.__setattr__(self, "options", _normalise_options(self.options))
         kind = _kind(self.expr)  # validates the expression
         object.__setattr__(self, "_kind", kind)
         names = [p.name for p in self.parameters]
@@ -252,7 +335,14 @@ class Model:
         if not isinstance(other, Model):
             return NotImplemented
         expr, new_params = self._absorb(other)
-        return Model((op, self.expr, expr), self.parameters + new_params)
+        return self._joined((op, self.expr, expr), self.parameters + new_params, other)
+
+    def _joined(self, expr, parameters, other) -> "Model":
+        """The model of ``expr`` built from this model and ``other``, with both options."""
+        options = _merge_options(self.options, other.options)
+        if options and not options == self.options == other.options:
+            _check_options(expr, options)  # they now reach one side's components too
+        return Model(expr, parameters, options)
 
     def apply(self, argument: "Model") -> "Model":
         """This convolution component acting on ``argument`` (XSPEC's ``myconv(argument)``).
@@ -267,7 +357,7 @@ class Model:
             raise ValueError(f"{self} is not a convolution component: only a bare component "
                              "of kind 'con' can be applied to an expression")
         expr, new_params = self._absorb(argument)
-        return Model(("conv", self.expr, expr), self.parameters + new_params)
+        return self._joined(("conv", self.expr, expr), self.parameters + new_params, argument)
 
     def __add__(self, other):
         return self._combine(other, "+")
@@ -324,6 +414,8 @@ class Model:
         for p in self.parameters:
             state = "frozen" if p.frozen else ("= " + p.link if p.link else "free")
             rows.append(f"  {p.name:28s} {p.value:<14.6g} {p.unit:20s} [{p.min:g}, {p.max:g}] {state}")
+        if self.options:
+            rows.append("  options: " + ", ".join(f"{k}={v!r}" for k, v in self.options))
         return "\n".join(rows)
 
     # -- updating (returns new models; Model is immutable) -----------------------------------
@@ -338,7 +430,25 @@ class Model:
                 changes[key] = val
         new = list(self.parameters)
         new[i] = dataclasses.replace(p, **changes)
-        return Model(self.expr, tuple(new))
+        return Model(self.expr, tuple(new), self.options)
+
+    def with_options(self, **options) -> "Model":
+        """Copy with model options set (``None`` removes one), e.g.
+        ``model.with_options(abund="wilm")``: XSPEC's ``abund`` (``"angr"`` default,
+        ``"aspl"``, ``"wilm"``) and ``xsect`` (``"vern"``) for the absorption components.
+
+        Raises ValueError naming the option for an option no registered component takes, or a
+        value a component of this model rejects (e.g. ``abund="wilm"`` with ``phabs``, whose
+        ``wilm`` cross-sections bkgjax does not have)."""
+        merged = dict(self.options)
+        for key, value in options.items():
+            if value is None:
+                merged.pop(key, None)
+            else:
+                merged[key] = value
+        normalised = _normalise_options(merged)
+        _check_options(self.expr, normalised)
+        return Model(self.expr, self.parameters, normalised)
 
     def with_values(self, values: Mapping[str, float]) -> "Model":
         """Return a copy with several parameter values replaced (names as in :meth:`set`)."""
@@ -367,7 +477,7 @@ class Model:
         """The static part (expression, names, links, and the registrations of the user
         components it names): hashable, value-free, jit-static."""
         return ModelStructure(self.expr, self.names, tuple(p.link for p in self.parameters),
-                              _versions(self.expr))
+                              _versions(self.expr), self.options)
 
     def evaluate(self, values: Mapping[str, Any], e_lo, e_hi):
         """Evaluate per bin (pure; traceable by jit/vmap/grad).
@@ -385,7 +495,7 @@ class Model:
         multiplicative factor per bin.
         """
         full = self.resolve(values)
-        return _evaluate_expr(self.expr, full, e_lo, e_hi)
+        return _evaluate_expr(self.expr, full, e_lo, e_hi, self.options)
 
     def subexpression(self, text: str) -> "Model":
         """The model made of some of this model's components, named by their labels and
@@ -420,7 +530,7 @@ class Model:
         names = {p.name for p in keep}
         keep = [p if p.link is None or p.link in names else dataclasses.replace(p, link=None)
                 for p in keep]
-        return Model(tree, tuple(keep))
+        return Model(tree, tuple(keep), self.options)
 
     def __call__(self, e_lo, e_hi=None, values=None):
         """``model(e_lo, e_hi[, values])`` evaluates (:meth:`evaluate`); on a convolution
@@ -434,9 +544,13 @@ class Model:
         return self.evaluate({} if values is None else values, e_lo, e_hi)
 
 
-def _evaluate_expr(expr, full, e_lo, e_hi):
+def _evaluate_expr(expr, full, e_lo, e_hi, options=()):
     e_lo = jnp.asarray(e_lo)
     e_hi = jnp.asarray(e_hi)
+    settings = dict(options)
+
+    def keywords(spec):  # the model options this component takes (ComponentSpec.options)
+        return {key: settings[key] for key in spec.options if key in settings}
 
     def walk(node):
         if node[0] == "comp":
@@ -444,12 +558,12 @@ def _evaluate_expr(expr, full, e_lo, e_hi):
             if spec.kind == "con":
                 raise _bare_convolution(node[1])
             args = [full[f"{node[2]}.{n}"] for n in spec.param_names]
-            return spec.function(e_lo, e_hi, *args)
+            return spec.function(e_lo, e_hi, *args, **keywords(spec))
         if node[0] == "conv":  # the component acts on the per-bin flux (or factor) of its argument
             comp = node[1]
             spec = _spec(comp[1])
             args = [full[f"{comp[2]}.{n}"] for n in spec.param_names]
-            return spec.function(e_lo, e_hi, walk(node[2]), *args)
+            return spec.function(e_lo, e_hi, walk(node[2]), *args, **keywords(spec))
         left, right = walk(node[1]), walk(node[2])
         return left + right if node[0] == "+" else left * right
 
@@ -470,12 +584,17 @@ class ModelStructure:
     name (``replace=True``) gives a new serial, hence a new key, so a stale compilation of the
     previous function is never reused.  The serial lives here rather than in the expression
     nodes so that expressions (and the node format of the built-ins) are unchanged.
+
+    ``options`` are the model's options (:attr:`Model.options`, e.g. ``(("abund",
+    "wilm"),)``): part of the key for the same reason, and passed to the components that
+    take them.
     """
 
     expr: tuple
     names: tuple
     links: tuple
     versions: tuple = ()
+    options: tuple = ()
 
     def values_from_vector(self, theta) -> dict:
         values = {name: theta[i] for i, name in enumerate(self.names)}
@@ -485,13 +604,14 @@ class ModelStructure:
         return values
 
     def evaluate(self, theta, e_lo, e_hi):
-        return _evaluate_expr(self.expr, self.values_from_vector(theta), e_lo, e_hi)
+        return _evaluate_expr(self.expr, self.values_from_vector(theta), e_lo, e_hi,
+                              self.options)
 
 
 def _model_flatten(model):
     # the registrations go into the static part too (see ModelStructure): a function jitted
     # with a Model argument retraces when a component it names is registered again
-    return (model.parameters,), (model.expr, _versions(model.expr))
+    return (model.parameters,), (model.expr, _versions(model.expr), model.options)
 
 
 def _model_unflatten(aux, children):
@@ -499,6 +619,7 @@ def _model_unflatten(aux, children):
     obj = object.__new__(Model)
     object.__setattr__(obj, "expr", expr)
     object.__setattr__(obj, "parameters", tuple(children[0]))
+    object.__setattr__(obj, "options", aux[2])
     object.__setattr__(obj, "_kind", _kind(expr))
     return obj
 
@@ -533,10 +654,12 @@ def list_components() -> dict:
     return {name: spec.description for name, spec in COMPONENTS.items()}
 
 
-def component(name: str, label: str | None = None, **overrides) -> Model:
+def component(name: str, label: str | None = None, *, options=None, **overrides) -> Model:
     """Make a one-component model, e.g. ``component("powerlaw", PhoIndex=1.8, norm=1e-3)``.
 
     ``overrides`` set starting values; pass ``Parameter`` fields through :meth:`Model.set`.
+    ``options`` (a mapping) are model options (:meth:`Model.with_options`), e.g.
+    ``component("tbabs", options={"abund": "wilm"})``.
     A convolution component gives a model of kind ``"con"``, to be applied to an expression:
     ``component("myconv")(powerlaw())``.
     """
@@ -564,7 +687,8 @@ def component(name: str, label: str | None = None, **overrides) -> Model:
         )
         for d in spec.params
     )
-    return Model(("comp", name, label), params)
+    model = Model(("comp", name, label), params)
+    return model.with_options(**options) if options else model
 
 
 def _factory(name):
@@ -585,10 +709,30 @@ fsline = _factory("fsline")
 expdec = _factory("expdec")
 constant = _factory("constant")
 gabs = _factory("gabs")
+# continua and lines (bkgjax.spectral.continua)
+zpowerlw = _factory("zpowerlw")
+bbody = _factory("bbody")
+bbodyrad = _factory("bbodyrad")
+zbbody = _factory("zbbody")
+diskbb = _factory("diskbb")
+bremss = _factory("bremss")
+logpar = _factory("logpar")
+lorentz = _factory("lorentz")
+zgauss = _factory("zgauss")
+agauss = _factory("agauss")
+highecut = _factory("highecut")
+zhighect = _factory("zhighect")
 
 
 def _component_name(token: str) -> str:
-    """Registry name of a component token (case-insensitive, as in XSPEC)."""
+    """Registry name of a component token (case-insensitive, as in XSPEC); a table model
+    token ``atable{file}``, ``mtable{file}`` or ``etable{file}`` reads the file and registers
+    (or reuses) its component (:func:`bkgjax.spectral.table_model.table_component`)."""
+    if token.endswith("}"):
+        from .table_model import table_component
+
+        kind, _, path = token[:-1].partition("{")
+        return table_component(kind.lower(), path.strip()).name
     load_environment_components()
     lowered = {name.lower(): name for name in COMPONENTS}
     if token.lower() in lowered:
@@ -612,11 +756,23 @@ def _tokenize(expression: str) -> list:
             j = i
             while j < len(expression) and (expression[j].isalnum() or expression[j] == "_"):
                 j += 1
+            if expression[j:j + 1] == "{":  # XSPEC's table models: atable{path/to/file.fits}
+                close = expression.find("}", j)
+                if expression[i:j].lower() not in ("atable", "mtable", "etable"):
+                    raise ValueError(f"model expression {expression!r}: '{{' after "
+                                     f"{expression[i:j]!r}: only atable, mtable and etable take "
+                                     "a file name in braces")
+                if close < 0 or not expression[j + 1:close].strip():
+                    raise ValueError(f"model expression {expression!r}: {expression[i:j]}{{ needs "
+                                     f"a file name and a closing '}}', e.g. "
+                                     f"{expression[i:j]}{{model.fits}}")
+                j = close + 1
             tokens.append(expression[i:j])
             i = j
         else:
             raise ValueError(f"model expression {expression!r}: unexpected character {ch!r} "
-                             "(only component names, '+', '*' and parentheses are supported)")
+                             "(only component names, atable/mtable/etable{file}, '+', '*' and "
+                             "parentheses are supported)")
     return tokens
 
 
@@ -675,6 +831,34 @@ def _parse_tokens(tokens, name_node, combine, error):
     return tree
 
 
+def _is_convolution(token: str) -> bool:
+    if token in ("+", "*", "(", ")"):
+        return False
+    try:
+        return COMPONENTS[_component_name(token)].kind == "con"
+    except ValueError:  # an unknown name: reported where the parser meets it
+        return False
+
+
+def _convolution_products(tokens) -> list:
+    """XSPEC's ``conv*a*b`` form: a convolution component followed by ``*`` acts on the rest
+    of its product term, up to the next ``+`` or the closing parenthesis of its level; the
+    tokens are rewritten as ``conv(a*b)`` (``cflux*phabs*(pow + gauss)`` ->
+    ``cflux(phabs*(pow + gauss))``, ``phabs*(pow + cflux*gauss)`` ->
+    ``phabs*(pow + cflux(gauss))``, ``cflux*zashift*pow`` -> ``cflux(zashift(pow))``)."""
+    out = list(tokens)
+    for i in range(len(out) - 1):  # out grows by one token per rewrite, ahead of i
+        if out[i + 1] != "*" or not _is_convolution(out[i]):
+            continue
+        end, depth = i + 2, 0
+        while end < len(out) and not (depth == 0 and out[end] in ("+", ")")):
+            depth += {"(": 1, ")": -1}.get(out[end], 0)
+            end += 1
+        if end > i + 2:  # an empty rest ("conv*", "conv*+ ...") is left to the parser's error
+            out[i + 1:end] = ["(", *out[i + 2:end], ")"]
+    return out
+
+
 def parse_expression(expression: str) -> tuple:
     """Parse an XSPEC model expression into ``(tree, components)``.
 
@@ -682,7 +866,10 @@ def parse_expression(expression: str) -> tuple:
     factor)*`` (a factor directly followed by ``(`` multiplies it: XSPEC's ``a(b) = a*b``),
     ``factor := NAME | CONV '(' expr ')' | '(' expr ')'``, where ``CONV`` is the name of a
     convolution component (kind ``"con"``): ``conv(b)`` is the convolution acting on ``b``,
-    not a product.  Component names are matched case-insensitively to :data:`COMPONENTS`.
+    not a product.  XSPEC's ``conv*b*c`` is accepted too: a convolution followed by ``*`` acts
+    on the rest of its product term (up to the next ``+`` or closing parenthesis of its
+    level), ``conv(b*c)``.  Component names are matched case-insensitively to
+    :data:`COMPONENTS`.
 
     Returns
     -------
@@ -701,7 +888,7 @@ def parse_expression(expression: str) -> tuple:
         added, two additive components multiplied (XSPEC rules), or a convolution component
         not followed by a parenthesised expression.
     """
-    tokens = _tokenize(expression)
+    tokens = _convolution_products(_tokenize(expression))
     components = []
 
     def error(msg):
@@ -722,7 +909,7 @@ def parse_expression(expression: str) -> tuple:
             return node
         if peek() != "(":
             error(f"convolution component {tok!r} must be followed by a parenthesised "
-                  f"expression to act on, e.g. {tok}(powerlaw)")
+                  f"expression to act on, e.g. {tok}(powerlaw) (or XSPEC's {tok}*powerlaw)")
         return ("conv", node, parenthesised())
 
     tree = _parse_tokens(tokens, name_node, combine, error)
@@ -736,8 +923,10 @@ def expression_kind(tree) -> str:
     return _kind(tree)
 
 
-def parse_model(expression: str) -> Model:
-    """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``.
+def parse_model(expression: str, **options) -> Model:
+    """Build a model from an XSPEC-like expression: ``"constant*(powerlaw + gaussian)"``;
+    keyword arguments are model options (:meth:`Model.with_options`), e.g.
+    ``parse_model("tbabs*powerlaw", abund="wilm")`` (XSPEC's ``abund wilm``).
 
     The expression is parsed by :func:`parse_expression` (so ``constant(powerlaw)`` is a
     product, ``myconv(powerlaw)`` a convolution when ``myconv`` is a convolution component, and
@@ -754,4 +943,5 @@ def parse_model(expression: str) -> Model:
         left, right = build(node[1]), build(node[2])
         return left + right if node[0] == "+" else left * right
 
-    return build(tree)
+    model = build(tree)
+    return model.with_options(**options) if options else model

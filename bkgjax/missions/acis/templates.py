@@ -34,9 +34,15 @@ follow the scripts instead):
   0.05 for VFAINT ccd1); bkgjax evaluates the files as written, constant included.  Within a
   CCD it is the same for all 32 slices, so it cancels in the final 9-11.5 keV scaling of a
   single-CCD region; it changes the relative weight of VFAINT ccd1 in a multi-CCD sum;
-* the scripts evaluate each component at the two edges of 1000 sub-bins per bin; bkgjax
-  integrates in closed form (gabs: exp of the bin-averaged optical depth, see
-  :mod:`bkgjax.spectral.components`).
+* the scripts evaluate each component at the two edges of 1000 sub-bins per bin (a trapezoid
+  rule); bkgjax integrates each bin exactly: closed forms, and for ``gabs`` the bin average of
+  the transmission :math:`e^{-\tau(E)}` (XSPEC 12's definition) by quadrature in the line's
+  own coordinate (:func:`bkgjax.spectral.components._gabs`).  This matters for the 0.315 keV
+  gabs of the VFAINT ccd7 (S3) templates, whose Sigma (5e-8 to 5e-4 keV) is far below the
+  sub-bin width of a 5-10 eV response bin: their exact transmission there is ~0.99-1 (they
+  absorb at most a few 1e-5 keV of the bin), which a few sub-bin samples, or the exp of the
+  bin-averaged optical depth used before (0.19 and 0 for slices y01 and y08 in 10 eV bins),
+  miss.
 """
 
 from __future__ import annotations
