@@ -615,3 +615,30 @@ def test_fit_equals_sherpa(reference, case):
         ours_name = next(iter(ours({name: 0.0})))
         assert result.values[ours_name] == pytest.approx(exp["value"], rel=1e-3), name
         assert result.errors[ours_name] == pytest.approx(exp["error_1sigma"], rel=1e-2), name
+
+
+def test_profile_point_with_nh_in_the_tail_of_its_range_converges():
+    """A fit whose nH sits at ~0.01 of its [0, 1e6] range (the log of nH in the fitter's
+    coordinates): with PhoIndex frozen away from the best fit, Levenberg-Marquardt reaches the
+    conditional minimum (it used to crawl 200 iterations at the start value, and the PhoIndex
+    profile bound came out NOT_REACHED and wrong)."""
+    import warnings
+
+    from bkgjax.cli import demo_spectrum_path
+    from bkgjax.fit import fit, guess_norms, load
+
+    data = load(demo_spectrum_path(), erange=(0.5, 7.0), use_background=False)
+    model = guess_norms(parse_model("tbabs*powerlaw"), data)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        best = fit(model, data, "cstat", errors="covariance")
+        held = fit(best.model.set("powerlaw.PhoIndex", 1.44, frozen=True), data, "cstat",
+                   errors="covariance")
+    assert held.converged and held.n_iter < 50
+    # the conditional minimum moves nH up along the valley, to ~0.067 (independent check:
+    # the statistic there is below the one at the start value of nH)
+    assert held.values["tbabs.nH"] > 0.05
+    start = fit(best.model.set("powerlaw.PhoIndex", 1.44, frozen=True)
+                .set("tbabs.nH", best.values["tbabs.nH"], frozen=True), data, "cstat",
+                errors="covariance")
+    assert held.stat_value < start.stat_value - 1.0
